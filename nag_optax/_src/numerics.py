@@ -1,0 +1,61 @@
+"""Dtype-preserving pytree arithmetic shared by the transformations.
+
+Optax's ``optax.tree.scale`` multiplies by a raw scalar, so a float64 scalar (the
+state's precision under ``jax_enable_x64``) would promote float32 or bfloat16 leaves.
+Every scalar-times-tree product in this package goes through :func:`scale` so that
+updates keep the dtype of the incoming updates, and every reduction through
+:func:`norm` / :func:`vdot`, which accumulate in at least float32.
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def scalar_dtype(tree: Any) -> jnp.dtype:
+  """The dtype of the state's scalars: float64 if any leaf is float64, else float32."""
+  dtypes = [jnp.asarray(x).dtype for x in jax.tree.leaves(tree)]
+  dtype = jnp.dtype(jnp.float32)
+  for d in dtypes:
+    if jnp.issubdtype(d, jnp.floating):
+      dtype = jnp.promote_types(dtype, d)
+  return dtype
+
+
+def scale(scalar: Any, tree: Any) -> Any:
+  """``scalar * tree`` with the scalar cast to each leaf's dtype."""
+  return jax.tree.map(lambda x: jnp.asarray(scalar).astype(x.dtype) * x, tree)
+
+
+def norm(tree: Any, dtype: Any = jnp.float32) -> jax.Array:
+  """Global l2 norm over all leaves, accumulated in at least ``dtype``."""
+  leaves = jax.tree.leaves(tree)
+  if not leaves:
+    return jnp.zeros((), dtype)
+  acc = jnp.promote_types(dtype, jnp.float32)
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(acc))) for x in leaves)).astype(dtype)
+
+
+def vdot(tree_x: Any, tree_y: Any, dtype: Any = jnp.float32) -> jax.Array:
+  """Global inner product over all leaves, accumulated in at least ``dtype``."""
+  acc = jnp.promote_types(dtype, jnp.float32)
+  parts = jax.tree.leaves(jax.tree.map(
+      lambda x, y: jnp.sum(x.astype(acc) * y.astype(acc)), tree_x, tree_y))
+  if not parts:
+    return jnp.zeros((), dtype)
+  return sum(parts).astype(dtype)
+
+
+def all_finite(tree: Any) -> jax.Array:
+  """True when every element of every leaf is finite."""
+  leaves = jax.tree.leaves(tree)
+  if not leaves:
+    return jnp.asarray(True)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def cast(tree: Any, dtype: Any) -> Any:
+  """``optax.tree.cast`` that leaves the tree alone when ``dtype`` is None."""
+  return optax.tree.cast(tree, dtype) if dtype is not None else tree

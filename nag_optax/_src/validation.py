@@ -1,0 +1,72 @@
+"""Construction-time checks of hyperparameters.
+
+Static configuration (strings, ints, dtypes) is always checked. Numeric hyperparameters
+are checked only when they are concrete numbers: under ``optax.inject_hyperparams`` or
+``jax.jit`` they arrive as tracers and are left alone.
+"""
+
+from typing import Any, Iterable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def is_concrete_number(x: Any) -> bool:
+  """True for a Python/NumPy number or a concrete 0-d array: a value we may inspect."""
+  if isinstance(x, bool):
+    return False
+  if isinstance(x, (int, float, np.number)):
+    return True
+  if isinstance(x, jax.core.Tracer):
+    return False
+  if isinstance(x, (jax.Array, np.ndarray)) and np.ndim(x) == 0:
+    return True
+  return False
+
+
+def check_choice(name: str, value: Any, allowed: Iterable[Any]) -> None:
+  allowed = tuple(allowed)
+  if value not in allowed:
+    raise ValueError(f"{name} must be one of {allowed!r}, got {value!r}.")
+
+
+def check_range(name: str, value: Any, *, low: Optional[float] = None,
+                high: Optional[float] = None, low_inclusive: bool = True,
+                high_inclusive: bool = True) -> None:
+  """Raise ValueError naming ``name`` if a concrete ``value`` lies outside the range.
+
+  NaN is always rejected. Callables (schedules) and tracers are not checked.
+  """
+  if callable(value) or not is_concrete_number(value):
+    return
+  v = float(value)
+  bad = not np.isfinite(v) and not (high is None and v == np.inf)
+  if low is not None:
+    bad |= v < low if low_inclusive else v <= low
+  if high is not None:
+    bad |= v > high if high_inclusive else v >= high
+  if np.isnan(v) or bad:
+    lo = "-inf" if low is None else f"{low}"
+    hi = "inf" if high is None else f"{high}"
+    interval = ("[" if low_inclusive else "(") + f"{lo}, {hi}" + ("]" if high_inclusive else ")")
+    raise ValueError(f"{name} must lie in {interval}, got {value!r}.")
+
+
+def check_int(name: str, value: Any, *, low: int = 0, allow_none: bool = True) -> None:
+  if value is None and allow_none:
+    return
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+    raise ValueError(f"{name} must be an integer >= {low}" +
+                     (" or None" if allow_none else "") + f", got {value!r}.")
+
+
+def check_float_dtype(name: str, value: Any) -> None:
+  if value is None:
+    return
+  try:
+    dtype = jnp.dtype(value)
+  except TypeError as e:
+    raise ValueError(f"{name} must be a floating dtype or None, got {value!r}.") from e
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(f"{name} must be a floating dtype or None, got {value!r}.")
