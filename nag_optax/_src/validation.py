@@ -54,9 +54,15 @@ def check_range(name: str, value: Any, *, low: Optional[float] = None,
 
 
 def check_int(name: str, value: Any, *, low: int = 0, allow_none: bool = True) -> None:
+  """Integer hyperparameters may be traced too (``inject_hyperparams`` injects every number)."""
   if value is None and allow_none:
     return
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+  if isinstance(value, jax.core.Tracer):
+    return
+  is_int = isinstance(value, (int, np.integer)) or (
+      isinstance(value, (jax.Array, np.ndarray)) and np.ndim(value) == 0
+      and jnp.issubdtype(value.dtype, jnp.integer))
+  if isinstance(value, bool) or not is_int or value < low:
     raise ValueError(f"{name} must be an integer >= {low}" +
                      (" or None" if allow_none else "") + f", got {value!r}.")
 
