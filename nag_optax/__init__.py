@@ -4,12 +4,28 @@ from nag_optax._src.alias import nag
 from nag_optax._src.momentum import NesterovState
 from nag_optax._src.momentum import momentum_from_condition_number
 from nag_optax._src.momentum import nesterov
+from nag_optax._src.solve import Solution
+from nag_optax._src.solve import minimize
+from nag_optax._src.solve import progress_bar
+from nag_optax._src.stopping import StopReason
+from nag_optax._src.stopping import StopWhenState
+from nag_optax._src.stopping import should_stop
+from nag_optax._src.stopping import stop_reason
+from nag_optax._src.stopping import stop_when
 
 __version__ = "0.1.0"
 
 __all__ = (
     "NesterovState",
+    "Solution",
+    "StopReason",
+    "StopWhenState",
+    "minimize",
     "momentum_from_condition_number",
     "nag",
     "nesterov",
+    "progress_bar",
+    "should_stop",
+    "stop_reason",
+    "stop_when",
 )

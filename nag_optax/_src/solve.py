@@ -1,0 +1,175 @@
+"""``minimize``: a jit-compiled solver loop that runs an optimizer until its stopping signal."""
+
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from nag_optax._src import numerics
+from nag_optax._src import stopping
+from nag_optax._src import validation
+
+
+class Solution(NamedTuple):
+  """Result of :func:`minimize` (a pytree: works under ``jit`` and ``vmap``)."""
+  params: Any  # the final iterate.
+  state: Any  # the optimizer state at the end.
+  value: jax.Array  # loss at ``params``.
+  grad_norm: jax.Array  # ||grad|| at ``params``.
+  steps: jax.Array  # int32: updates applied (non-finite steps skipped by the guard excluded).
+  reason: jax.Array  # int32 StopReason code; MAX_STEPS when the loop ran out.
+  aux: Any = None  # auxiliary output of ``fun`` at ``params`` when ``has_aux``.
+
+  @property
+  def stop_reason(self) -> "stopping.StopReason":
+    """``reason`` as a :class:`StopReason` (unbatched, concrete solutions only)."""
+    return stopping.StopReason(int(self.reason))
+
+
+def _has_stop_state(optimizer, params) -> bool:
+  state = jax.eval_shape(optimizer.init, params)
+  try:
+    stopping._stop_states(state)  # pylint: disable=protected-access
+    return True
+  except ValueError:
+    return False
+
+
+def progress_bar(max_steps: int, **tqdm_kwargs) -> Callable:
+  """A ``callback`` for :func:`minimize` that drives a tqdm progress bar (tqdm must be installed).
+
+  Examples:
+    >>> import jax.numpy as jnp, nag_optax
+    >>> bar = nag_optax.progress_bar(1000, disable=True)
+    >>> sol = nag_optax.minimize(lambda x: jnp.sum(x ** 2), jnp.ones(3), callback=bar)
+  """
+  try:
+    from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError("progress_bar needs tqdm: pip install tqdm") from e
+  bar = tqdm(total=max_steps, **tqdm_kwargs)
+
+  def callback(step, value, grad_norm):
+    bar.n = int(step)
+    bar.set_postfix(loss=f"{float(value):.3e}", grad_norm=f"{float(grad_norm):.2e}",
+                    refresh=False)
+    bar.refresh()
+
+  callback.close = bar.close
+  return callback
+
+
+def minimize(
+    fun: Callable,
+    params: Any,
+    optimizer: Optional[optax.GradientTransformation] = None,
+    *,
+    max_steps: int = 10_000,
+    has_aux: bool = False,
+    args: tuple = (),
+    gtol: Optional[float] = None,
+    rtol: Optional[float] = None,
+    ftol: Optional[float] = None,
+    xtol: Optional[float] = None,
+    callback: Optional[Callable] = None,
+    callback_every: int = 100,
+) -> Solution:
+  r"""Minimise ``fun`` with an Optax optimizer inside one ``jax.lax.while_loop``.
+
+  Each iteration evaluates ``value, grad = value_and_grad(fun)(params, *args)`` and calls
+  ``optimizer.update(grad, state, params, value=value, grad=grad, value_fn=...)`` (so line
+  searches work), until the optimizer's stopping signal (:func:`stop_when`) fires or
+  ``max_steps`` updates have been applied. The default optimizer is :func:`auto_nag`.
+
+  Tolerances given here wrap ``optimizer`` in :func:`stop_when`; an optimizer that already has a
+  stopping signal keeps its own (passing tolerances too is an error). A plain optimizer without a
+  signal and without tolerances runs for ``max_steps``, guarded against non-finite steps.
+
+  Under ``jax.vmap`` (a batch of problems) each problem stops at its own step: a stopped problem
+  receives zero updates while the others go on.
+
+  Args:
+    fun: the loss ``fun(params, *args) -> scalar`` (or ``(scalar, aux)`` with ``has_aux``).
+    params: the starting point, any pytree of float arrays.
+    optimizer: an Optax transformation; ``None`` for ``auto_nag()``.
+    max_steps: the most updates to apply.
+    has_aux: whether ``fun`` returns ``(value, aux)``.
+    args: extra positional arguments for ``fun``.
+    gtol, rtol, ftol, xtol: tolerances for :func:`stop_when` (see there).
+    callback: ``callback(step, value, grad_norm)``, called on the host every ``callback_every``
+      steps through ``jax.debug.callback``; ``None`` (the default) adds nothing to the loop.
+    callback_every: the period of ``callback`` in steps.
+
+  Returns:
+    A :class:`Solution`.
+
+  Examples:
+    >>> import jax.numpy as jnp, nag_optax
+    >>> def loss(x, a):
+    ...   return jnp.sum(a * (x - 1.0) ** 2)
+    >>> sol = nag_optax.minimize(loss, jnp.zeros(3), args=(jnp.array([1.0, 10.0, 100.0]),),
+    ...                          rtol=1e-6)
+    >>> print(jnp.round(sol.params, 5), sol.stop_reason.name)
+    [1. 1. 1.] RTOL
+  """
+  validation.check_int("max_steps", max_steps, low=0, allow_none=False)
+  validation.check_int("callback_every", callback_every, low=1, allow_none=False)
+  if not callable(fun):
+    raise ValueError(f"fun must be callable, got {type(fun).__name__}.")
+  tolerances = dict(gtol=gtol, rtol=rtol, ftol=ftol, xtol=xtol)
+  given = {k: v for k, v in tolerances.items() if v is not None}
+  if optimizer is None:
+    from nag_optax._src import alias  # pylint: disable=g-import-not-at-top
+    optimizer = alias.auto_nag(**given) if given else alias.auto_nag()
+    given = {}
+  if _has_stop_state(optimizer, params):
+    if given:
+      raise ValueError(f"optimizer already has a stopping signal; pass {sorted(given)} to its "
+                       "stop_when(...) (or auto_nag(...)) instead of to minimize.")
+  else:
+    optimizer = stopping.stop_when(optimizer, max_steps=max_steps, **given)
+
+  def value_fn(p):
+    out = fun(p, *args)
+    return out[0] if has_aux else out
+
+  value_and_grad = jax.value_and_grad(fun, has_aux=has_aux)
+
+  def evaluate(p):
+    out, grad = value_and_grad(p, *args)
+    value, aux = out if has_aux else (out, None)
+    return value, aux, grad
+
+  def cond(carry):
+    iteration, _, state, _, _ = carry
+    return (iteration < max_steps) & ~stopping.should_stop(state)
+
+  def body(carry):
+    iteration, p, state, _, _ = carry
+    value, _, grad = evaluate(p)
+    updates, new_state = optimizer.update(grad, state, p, value=value, grad=grad,
+                                          value_fn=value_fn)
+    if callback is not None:
+      grad_norm = numerics.norm(grad)
+      jax.lax.cond(iteration % callback_every == 0,
+                   lambda: jax.debug.callback(callback, iteration, value, grad_norm),
+                   lambda: None)
+    return iteration + 1, optax.apply_updates(p, updates), new_state, value, grad
+
+  state = optimizer.init(params)
+  value0, _, grad0 = jax.eval_shape(evaluate, params)
+  carry0 = (jnp.zeros((), jnp.int32), params, state,
+            jnp.zeros(value0.shape, value0.dtype), jax.tree.map(jnp.zeros_like, params))
+  del grad0
+  iterations, params, state, _, _ = jax.lax.while_loop(cond, body, carry0)
+  value, aux, grad = evaluate(params)
+  stop_state = stopping._stop_states(state)[0]  # pylint: disable=protected-access
+  reason = jnp.where(stop_state.reason == stopping.StopReason.NOT_STOPPED,
+                     jnp.int32(stopping.StopReason.MAX_STEPS), stop_state.reason)
+  steps = stop_state.count
+  if callback is not None:
+    jax.debug.callback(callback, iterations, value, numerics.norm(grad))
+  return Solution(params=params, state=state, value=value,
+                  grad_norm=numerics.norm(grad, numerics.scalar_dtype(params)), steps=steps,
+                  reason=reason, aux=aux)

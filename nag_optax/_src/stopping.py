@@ -1,0 +1,278 @@
+"""The stopping signal: ``stop_when`` wraps any transformation with convergence tests and a
+non-finite guard; ``should_stop`` / ``stop_reason`` read it from any state tree."""
+
+import enum
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from nag_optax._src import numerics
+from nag_optax._src import validation
+
+
+class StopReason(enum.IntEnum):
+  """Why the stopping signal fired. Stored as an int32 code in ``StopWhenState.reason``."""
+  NOT_STOPPED = 0
+  GTOL = 1
+  RTOL = 2
+  FTOL = 3
+  XTOL = 4
+  MAX_STEPS = 5
+  PATIENCE = 6
+  MIN_LEARNING_RATE = 7
+  NONFINITE = 8
+
+  @property
+  def description(self) -> str:
+    return _DESCRIPTIONS[self]
+
+  @property
+  def converged(self) -> bool:
+    """True for the reasons that certify a (near-)stationary point: gtol, rtol, ftol, xtol."""
+    return self in (StopReason.GTOL, StopReason.RTOL, StopReason.FTOL, StopReason.XTOL)
+
+
+_DESCRIPTIONS = {
+    StopReason.NOT_STOPPED: "not stopped",
+    StopReason.GTOL: "gradient norm <= gtol",
+    StopReason.RTOL: "gradient norm <= rtol * initial gradient norm",
+    StopReason.FTOL: "relative change of the loss <= ftol",
+    StopReason.XTOL: "update norm <= xtol",
+    StopReason.MAX_STEPS: "reached max_steps",
+    StopReason.PATIENCE: "loss not improved for `patience` steps",
+    StopReason.MIN_LEARNING_RATE: "adapted learning rate below min_learning_rate",
+    StopReason.NONFINITE: "max_nonfinite consecutive non-finite gradients, losses or updates",
+}
+
+
+class StopWhenState(NamedTuple):
+  """State of :func:`stop_when`."""
+  inner_state: Any  # state of the wrapped transformation (frozen once stopped).
+  stop: jax.Array  # bool: the signal; once True, updates are zero.
+  reason: jax.Array  # int32 code of StopReason.
+  count: jax.Array  # int32: updates applied (skipped and zero updates after the signal excluded).
+  grad_norm: jax.Array  # ||g|| at the latest call.
+  initial_grad_norm: jax.Array  # ||g_0||: the first finite gradient norm, for rtol.
+  update_norm: jax.Array  # ||update|| of the latest applied update.
+  last_value: jax.Array  # loss at the latest finite step (inf before the first).
+  best_value: jax.Array  # lowest loss seen, for patience.
+  steps_since_improvement: jax.Array  # int32: calls since best_value last improved.
+  nonfinite_count: jax.Array  # int32: consecutive skipped non-finite steps.
+  total_nonfinite: jax.Array  # int32: skipped non-finite steps in all.
+
+
+def _learning_rates(inner_state):
+  found = optax.tree.get_all_with_path(
+      inner_state, "learning_rate",
+      filtering=lambda _, v: isinstance(v, (jax.Array, np.ndarray, float)))
+  return [v for _, v in found]
+
+
+def stop_when(
+    inner: optax.GradientTransformation,
+    *,
+    gtol: Optional[float] = None,
+    rtol: Optional[float] = None,
+    ftol: Optional[float] = None,
+    xtol: Optional[float] = None,
+    max_steps: Optional[int] = None,
+    patience: Optional[int] = None,
+    min_learning_rate: Optional[float] = None,
+    max_nonfinite: int = 5,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Wrap a transformation with a stopping signal and a non-finite guard.
+
+  At each call, with ``g`` the incoming updates (the gradient at ``params``) and ``f`` the
+  ``value`` extra argument when given, the signal fires when any enabled criterion holds:
+
+  * ``||g|| <= gtol`` (``GTOL``), or ``||g|| <= rtol ||g_0||`` (``RTOL``);
+  * ``|f_k - f_{k-1}| <= ftol max(|f_k|, |f_{k-1}|, 1)`` (``FTOL``; needs ``value``);
+  * ``max_steps`` updates have been applied (``MAX_STEPS``);
+  * ``f`` has not gone below its best for ``patience`` calls (``PATIENCE``; needs ``value``);
+  * the inner state's ``learning_rate`` ``< min_learning_rate`` (``MIN_LEARNING_RATE``);
+  * after applying it, the inner update's norm ``<= xtol`` (``XTOL``).
+
+  The tests on ``g`` and ``f`` are made before the inner update, so the call that finds a
+  converged point returns zero and ``params`` is that point. Once the signal has fired the updates
+  are exactly zero and no state changes, so a fixed-length ``lax.scan`` loop is safe.
+
+  A step whose gradient, ``value`` or inner update is not finite is skipped: zero update, state
+  kept. After ``max_nonfinite`` consecutive skips the signal fires with ``NONFINITE``. NaN never
+  satisfies a convergence test. Norms are global over the pytree (correct for sharded arrays).
+
+  Args:
+    inner: the transformation (or chain) to wrap.
+    gtol: absolute gradient-norm tolerance.
+    rtol: gradient-norm tolerance relative to the first gradient's norm.
+    ftol: relative loss-change tolerance.
+    xtol: absolute update-norm tolerance.
+    max_steps: the most updates to apply.
+    patience: calls without a new lowest loss before stopping.
+    min_learning_rate: stop when the ``learning_rate`` in the inner state falls below this floor.
+    max_nonfinite: consecutive non-finite steps tolerated before stopping (>= 1).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose state is a :class:`StopWhenState`.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax, nag_optax
+    >>> f = lambda x: jnp.sum((x - 1.0) ** 2)
+    >>> tx = nag_optax.stop_when(nag_optax.nag(0.1), gtol=1e-4)
+    >>> x = jnp.zeros(2)
+    >>> state = tx.init(x)
+    >>> while not nag_optax.should_stop(state):
+    ...   updates, state = tx.update(jax.grad(f)(x), state, x)
+    ...   x = optax.apply_updates(x, updates)
+    >>> print(nag_optax.stop_reason(state).name, int(state.count))
+    GTOL 57
+
+  References:
+    Nocedal & Wright, Numerical Optimization, 2nd ed., 2006, section 2.2 (stopping tests).
+  """
+  validation.check_range("gtol", gtol if gtol is not None else 0.0, low=0.0)
+  validation.check_range("rtol", rtol if rtol is not None else 0.0, low=0.0)
+  validation.check_range("ftol", ftol if ftol is not None else 0.0, low=0.0)
+  validation.check_range("xtol", xtol if xtol is not None else 0.0, low=0.0)
+  validation.check_range("min_learning_rate",
+                         min_learning_rate if min_learning_rate is not None else 0.0, low=0.0)
+  validation.check_int("max_steps", max_steps, low=0)
+  validation.check_int("patience", patience, low=1)
+  validation.check_int("max_nonfinite", max_nonfinite, low=1, allow_none=False)
+  if not isinstance(inner, optax.GradientTransformation):
+    raise ValueError(f"inner must be an optax.GradientTransformation, got {type(inner).__name__}.")
+  inner = optax.with_extra_args_support(inner)
+
+  def init_fn(params):
+    inner_state = inner.init(params)
+    if min_learning_rate is not None and not _learning_rates(inner_state):
+      raise ValueError("min_learning_rate needs an inner transformation whose state has a "
+                       "'learning_rate' field (e.g. scale_by_curvature, scale_by_hypergradient, "
+                       "or optax.inject_hyperparams).")
+    dtype = numerics.scalar_dtype(params)
+    zero, inf = jnp.zeros((), dtype), jnp.full((), jnp.inf, dtype)
+    izero = jnp.zeros((), jnp.int32)
+    return StopWhenState(
+        inner_state=inner_state, stop=jnp.zeros((), bool),
+        reason=jnp.full((), StopReason.NOT_STOPPED, jnp.int32), count=izero,
+        grad_norm=inf, initial_grad_norm=inf, update_norm=inf, last_value=inf, best_value=inf,
+        steps_since_improvement=izero, nonfinite_count=izero, total_nonfinite=izero)
+
+  def update_fn(updates, state, params=None, *, value=None, **extra_args):
+    dtype = state.grad_norm.dtype
+    grad_norm = numerics.norm(updates, dtype)
+    has_value = value is not None
+    f = jnp.asarray(value).astype(dtype) if has_value else jnp.zeros((), dtype)
+    inputs_finite = jnp.isfinite(grad_norm)
+    if has_value:
+      inputs_finite &= jnp.isfinite(f)
+    first = state.count == 0
+    initial_grad_norm = jnp.where(jnp.isinf(state.initial_grad_norm) & inputs_finite,
+                                  grad_norm, state.initial_grad_norm)
+
+    # Tests on the current point (before the step). NaN fails every comparison.
+    reason = jnp.full((), StopReason.NOT_STOPPED, jnp.int32)
+
+    def fire(reason, condition, code):
+      return jnp.where((reason == StopReason.NOT_STOPPED) & condition, jnp.int32(code), reason)
+
+    if gtol is not None:
+      reason = fire(reason, inputs_finite & (grad_norm <= gtol), StopReason.GTOL)
+    if rtol is not None:
+      reason = fire(reason, inputs_finite & (grad_norm <= rtol * initial_grad_norm),
+                    StopReason.RTOL)
+    if ftol is not None and has_value:
+      scale = jnp.maximum(jnp.maximum(jnp.abs(f), jnp.abs(state.last_value)), 1.0)
+      change_small = jnp.abs(f - state.last_value) <= ftol * scale
+      reason = fire(reason, inputs_finite & ~first & change_small, StopReason.FTOL)
+    improved = inputs_finite & (f < state.best_value) if has_value else jnp.asarray(False)
+    steps_since_improvement = jnp.where(improved, 0, state.steps_since_improvement + 1)
+    if patience is not None and has_value:
+      reason = fire(reason, steps_since_improvement >= patience, StopReason.PATIENCE)
+    if max_steps is not None:
+      reason = fire(reason, state.count >= max_steps, StopReason.MAX_STEPS)
+    if min_learning_rate is not None:
+      lr = jnp.min(jnp.concatenate(
+          [jnp.ravel(jnp.asarray(v, dtype)) for v in _learning_rates(state.inner_state)]))
+      reason = fire(reason, lr < min_learning_rate, StopReason.MIN_LEARNING_RATE)
+    stop_now = reason != StopReason.NOT_STOPPED
+
+    inner_updates, inner_state = inner.update(updates, state.inner_state, params, value=value,
+                                              **extra_args)
+    inner_updates = jax.tree.map(lambda u, g: u.astype(g.dtype), inner_updates, updates)
+    update_norm = numerics.norm(inner_updates, dtype)
+    finite = inputs_finite & jnp.isfinite(update_norm)
+    apply = ~state.stop & ~stop_now & finite
+
+    nonfinite_count = jnp.where(finite, 0, state.nonfinite_count + 1)
+    reason = fire(reason, ~finite & (nonfinite_count >= max_nonfinite), StopReason.NONFINITE)
+    if xtol is not None:
+      reason = fire(reason, apply & (update_norm <= xtol), StopReason.XTOL)
+    stop = reason != StopReason.NOT_STOPPED
+
+    new_updates = jax.tree.map(lambda u: jnp.where(apply, u, jnp.zeros_like(u)), inner_updates)
+    new_inner_state = optax.tree.where(apply, inner_state, state.inner_state)
+    keep = lambda new, old: jnp.where(state.stop, old, new)
+    take_finite = lambda new, old: jnp.where(state.stop | ~inputs_finite, old, new)
+    new_state = StopWhenState(
+        inner_state=new_inner_state,
+        stop=state.stop | stop,
+        reason=keep(reason, state.reason),
+        count=state.count + apply.astype(jnp.int32),
+        grad_norm=keep(grad_norm, state.grad_norm),
+        initial_grad_norm=keep(initial_grad_norm, state.initial_grad_norm),
+        update_norm=jnp.where(apply, update_norm, state.update_norm),
+        last_value=take_finite(f, state.last_value) if has_value else state.last_value,
+        best_value=jnp.where(~state.stop & improved, f, state.best_value),
+        steps_since_improvement=keep(steps_since_improvement, state.steps_since_improvement),
+        nonfinite_count=keep(nonfinite_count, state.nonfinite_count),
+        total_nonfinite=keep(state.total_nonfinite + (~finite).astype(jnp.int32),
+                             state.total_nonfinite),
+    )
+    return new_updates, new_state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _stop_states(state) -> list:
+  found = [s for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, StopWhenState))
+           if isinstance(s, StopWhenState)]
+  if not found:
+    raise ValueError("state contains no stop_when state; wrap the optimizer with "
+                     "nag_optax.stop_when(...) (auto_nag() already is).")
+  return found
+
+
+def should_stop(state) -> jax.Array:
+  """The stopping signal of the (outermost) ``stop_when`` state found anywhere in ``state``.
+
+  Works on a chain's tuple, inside ``optax.inject_hyperparams`` or ``MultiSteps`` states, and
+  on batched (vmapped) states, where it returns one bool per problem.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax, nag_optax
+    >>> tx = optax.chain(optax.clip(1.0), nag_optax.stop_when(nag_optax.nag(0.1), max_steps=1))
+    >>> state = tx.init(jnp.zeros(2))
+    >>> bool(nag_optax.should_stop(state))
+    False
+  """
+  return _stop_states(state)[0].stop
+
+
+def stop_reason(state):
+  """Why the signal fired: a :class:`StopReason` for a concrete unbatched state, else the int32
+  code array (convert with ``StopReason(int(code))``).
+
+  Examples:
+    >>> import jax.numpy as jnp, nag_optax
+    >>> tx = nag_optax.stop_when(nag_optax.nag(0.1), max_steps=0)
+    >>> _, state = tx.update(jnp.ones(2), tx.init(jnp.zeros(2)))
+    >>> nag_optax.stop_reason(state)
+    <StopReason.MAX_STEPS: 5>
+  """
+  code = _stop_states(state)[0].reason
+  if isinstance(code, jax.core.Tracer) or np.ndim(code) != 0:
+    return code
+  return StopReason(int(code))

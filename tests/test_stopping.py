@@ -1,0 +1,243 @@
+"""stop_when(): each criterion fires at the right step, the non-finite guard, frozen state."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import nag_optax
+from nag_optax import StopReason
+from tests import loops
+from tests import quadratics
+
+
+def _problem():
+  q = quadratics.make_quadratic(20, 100.0, seed=3)
+  return q, jnp.asarray(q.x0)
+
+
+def _drive(tx, fun, x, num_calls, *, with_value=True, grad_override=None, value_override=None):
+  """A plain Python optax loop recording params and updates after every call."""
+  state = tx.init(x)
+  history = []
+  for k in range(num_calls):
+    v, g = jax.value_and_grad(fun)(x)
+    if grad_override is not None and grad_override(k) is not None:
+      g = grad_override(k)
+    if value_override is not None and value_override(k) is not None:
+      v = value_override(k)
+    extra = dict(value=v) if with_value else {}
+    updates, state = tx.update(g, state, x, **extra)
+    x = optax.apply_updates(x, updates)
+    history.append((x, updates, state))
+  return x, state, history
+
+
+def _first(condition):
+  hits = np.flatnonzero(condition)
+  assert hits.size, "the criterion never holds on this run; the test would be vacuous"
+  return int(hits[0])
+
+
+@pytest.mark.parametrize("kind", ["gtol", "rtol"])
+def test_gradient_tolerances_stop_at_first_iterate_that_meets_them(x64, kind):
+  q, x0 = _problem()
+  inner = nag_optax.nag(1 / q.lipschitz, 0.8)
+  ys, _ = loops.iterates(inner, q.value, x0, 400)
+  grad_norms = np.array([np.linalg.norm(np.asarray(q.grad(y))) for y in ys])
+  tol = 1e-6 if kind == "gtol" else 1e-7
+  threshold = tol if kind == "gtol" else tol * grad_norms[0]
+  k = _first(grad_norms <= threshold)
+  x, state, _ = _drive(nag_optax.stop_when(inner, **{kind: tol}), q.value, x0, k + 20)
+  assert bool(nag_optax.should_stop(state))
+  assert nag_optax.stop_reason(state) == StopReason[kind.upper()]
+  assert int(state.count) == k  # no early stop, no late stop
+  np.testing.assert_allclose(np.asarray(x), np.asarray(ys[k]), atol=1e-13)
+
+
+def test_ftol_stops_at_first_small_relative_change(x64):
+  q, x0 = _problem()
+  inner = nag_optax.nag(1 / q.lipschitz, 0.8)
+  ys, _ = loops.iterates(inner, q.value, x0, 400)
+  f = np.array([float(q.value(y)) for y in ys])
+  change = np.abs(np.diff(f)) <= 1e-8 * np.maximum(np.maximum(np.abs(f[1:]), np.abs(f[:-1])), 1)
+  k = _first(change) + 1  # the call at iterate k compares f_k with f_{k-1}
+  _, state, _ = _drive(nag_optax.stop_when(inner, ftol=1e-8), q.value, x0, k + 20)
+  assert nag_optax.stop_reason(state) == StopReason.FTOL
+  assert int(state.count) == k
+
+
+def test_xtol_applies_the_small_update_then_stops(x64):
+  q, x0 = _problem()
+  inner = nag_optax.nag(1 / q.lipschitz, 0.8)
+  ys, _ = loops.iterates(inner, q.value, x0, 400)
+  steps = np.linalg.norm(np.diff(np.asarray(ys), axis=0), axis=1)
+  k = _first(steps <= 1e-6)
+  x, state, _ = _drive(nag_optax.stop_when(inner, xtol=1e-6), q.value, x0, k + 20)
+  assert nag_optax.stop_reason(state) == StopReason.XTOL
+  assert int(state.count) == k + 1
+  np.testing.assert_allclose(np.asarray(x), np.asarray(ys[k + 1]), atol=1e-13)
+
+
+def test_max_steps():
+  q, x0 = _problem()
+  _, state, history = _drive(nag_optax.stop_when(nag_optax.nag(1e-3), max_steps=7), q.value, x0,
+                             12)
+  assert int(state.count) == 7
+  assert nag_optax.stop_reason(state) == StopReason.MAX_STEPS
+  assert [bool(nag_optax.should_stop(h[2])) for h in history] == [False] * 7 + [True] * 5
+
+
+def test_patience_on_scripted_losses():
+  losses = [5.0, 4.0, 3.0, 3.5, 2.9, 3.0, 2.9, 3.1, 2.8, 2.7]
+  tx = nag_optax.stop_when(nag_optax.nag(1e-3), patience=3)
+  state = tx.init(jnp.zeros(2))
+  stopped_at = None
+  for k, value in enumerate(losses):
+    _, state = tx.update(jnp.ones(2), state, value=jnp.asarray(value))
+    if stopped_at is None and bool(state.stop):
+      stopped_at = k
+  # best 2.9 at call 4; calls 5, 6 (equal is no improvement), 7 do not improve: call 7 fires.
+  assert stopped_at == 7
+  assert nag_optax.stop_reason(state) == StopReason.PATIENCE
+
+
+def test_min_learning_rate_floor():
+  schedule = optax.exponential_decay(1.0, transition_steps=1, decay_rate=0.5)
+  inner = optax.inject_hyperparams(optax.sgd)(learning_rate=schedule)
+  tx = nag_optax.stop_when(inner, min_learning_rate=0.01)
+  state = tx.init(jnp.zeros(2))
+  calls = 0
+  while not bool(state.stop):
+    _, state = tx.update(jnp.ones(2), state)
+    calls += 1
+    assert calls < 50
+  # inject_hyperparams stores schedule(k) at call k; 0.5**7 < 0.01 is stored at call 7 (0-based),
+  # so call 8 (the 9th) sees it and stops without applying an update.
+  assert calls == 9 and int(state.count) == 8
+  assert nag_optax.stop_reason(state) == StopReason.MIN_LEARNING_RATE
+
+
+def test_min_learning_rate_needs_a_learning_rate_field():
+  with pytest.raises(ValueError, match="min_learning_rate"):
+    nag_optax.stop_when(nag_optax.nag(0.1), min_learning_rate=1e-3).init(jnp.zeros(2))
+
+
+def test_nonfinite_gradients_are_skipped_and_params_stay_at_last_good_iterate(x64):
+  q, x0 = _problem()
+  bad = {5, 9, 10}
+  nan = jnp.full(20, jnp.nan)
+  tx = nag_optax.stop_when(nag_optax.nag(1 / q.lipschitz, 0.8), max_nonfinite=3)
+  _, _, history = _drive(tx, q.value, x0, 15, grad_override=lambda k: nan if k in bad else None)
+  for k in bad:
+    chex.assert_trees_all_equal(history[k][0], history[k - 1][0])  # params unchanged
+    chex.assert_trees_all_equal(history[k][1], jnp.zeros(20))
+    chex.assert_trees_all_equal(history[k][2].inner_state, history[k - 1][2].inner_state)
+  final_state = history[-1][2]
+  assert not bool(final_state.stop)
+  assert int(final_state.total_nonfinite) == 3
+  assert int(final_state.count) == 12
+  chex.assert_tree_all_finite(history[-1][0])
+
+
+def test_consecutive_nonfinite_stops_with_nonfinite(x64):
+  q, x0 = _problem()
+  tx = nag_optax.stop_when(nag_optax.nag(1 / q.lipschitz, 0.8), max_nonfinite=4, gtol=1e-12)
+  x, state, history = _drive(
+      tx, q.value, x0, 12, grad_override=lambda k: jnp.full(20, jnp.inf) if k >= 3 else None,
+      value_override=lambda k: jnp.nan if k >= 3 else None)
+  assert nag_optax.stop_reason(state) == StopReason.NONFINITE
+  assert not StopReason.NONFINITE.converged
+  assert int(state.count) == 3 and int(state.total_nonfinite) == 4
+  chex.assert_trees_all_equal(x, history[2][0])
+  chex.assert_tree_all_finite(x)
+
+
+def test_nan_is_never_read_as_convergence(x64):
+  q, x0 = _problem()
+  tx = nag_optax.stop_when(nag_optax.nag(1 / q.lipschitz, 0.8), gtol=1e-3, ftol=1e-3, xtol=1e-3,
+                           max_nonfinite=3)
+  x, state, _ = _drive(tx, q.value, x0, 6, grad_override=lambda k: jnp.full(20, jnp.nan),
+                       value_override=lambda k: jnp.nan)
+  assert nag_optax.stop_reason(state) == StopReason.NONFINITE
+  chex.assert_trees_all_equal(x, x0)
+
+
+def test_stopped_state_emits_zero_updates_and_is_frozen():
+  q, x0 = _problem()
+  tx = nag_optax.stop_when(nag_optax.nag(1e-2), max_steps=3)
+  _, state, _ = _drive(tx, q.value, x0, 3)
+  _, state = tx.update(jnp.ones(20), state, x0)
+  assert bool(state.stop)
+  for g in [jnp.ones(20), -5 * jnp.ones(20), jnp.full(20, jnp.nan)]:
+    updates, new_state = tx.update(g, state, x0, value=jnp.asarray(1.0))
+    chex.assert_trees_all_equal(updates, jnp.zeros(20))
+    chex.assert_trees_all_equal(new_state, state)
+
+
+def test_fixed_length_scan_is_safe_after_stopping(x64):
+  q, x0 = _problem()
+  tx = nag_optax.stop_when(nag_optax.nag(1 / q.lipschitz, 0.8), gtol=1e-5)
+  xs, state = loops.iterates(tx, q.value, x0, 3000)
+  k = int(state.count)
+  assert k < 2000
+  chex.assert_trees_all_equal(xs[k + 1:], jnp.broadcast_to(xs[k], xs[k + 1:].shape))
+
+
+def test_ftol_and_patience_are_ignored_without_value():
+  q, x0 = _problem()
+  tx = nag_optax.stop_when(nag_optax.nag(1e-3), ftol=0.5, patience=1)
+  _, state, _ = _drive(tx, q.value, x0, 10, with_value=False)
+  assert not bool(state.stop)
+
+
+@pytest.mark.parametrize("wrap", ["chain", "inject", "multisteps", "bare"])
+def test_should_stop_finds_the_state_anywhere(wrap):
+  tx = nag_optax.stop_when(nag_optax.nag(0.1), max_steps=0)
+  if wrap == "chain":
+    tx = optax.chain(optax.clip_by_global_norm(1.0), tx)
+  elif wrap == "inject":
+    tx = optax.inject_hyperparams(
+        lambda learning_rate: nag_optax.stop_when(nag_optax.nag(learning_rate), max_steps=0))(
+            learning_rate=0.1)
+  elif wrap == "multisteps":
+    tx = optax.MultiSteps(tx, every_k_schedule=1)
+  state = tx.init(jnp.zeros(2))
+  assert not bool(nag_optax.should_stop(state))
+  _, state = tx.update(jnp.ones(2), state, jnp.zeros(2))
+  assert bool(nag_optax.should_stop(state))
+  assert nag_optax.stop_reason(state) is StopReason.MAX_STEPS
+
+
+def test_helpers_need_a_stop_state():
+  with pytest.raises(ValueError, match="stop_when"):
+    nag_optax.should_stop(nag_optax.nag(0.1).init(jnp.zeros(2)))
+
+
+def test_stop_reason_names_and_batched_states():
+  assert StopReason.GTOL.converged and not StopReason.MAX_STEPS.converged
+  assert "gtol" in StopReason.GTOL.description
+  tx = nag_optax.stop_when(nag_optax.nag(0.1), gtol=0.5)
+  states = jax.vmap(tx.init)(jnp.zeros((3, 2)))
+  grads = jnp.array([[0.1, 0.1], [1.0, 1.0], [0.2, 0.0]])
+  _, states = jax.vmap(lambda g, s: tx.update(g, s))(grads, states)
+  np.testing.assert_array_equal(nag_optax.should_stop(states), [True, False, True])
+  np.testing.assert_array_equal(nag_optax.stop_reason(states), [1, 0, 1])
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    (dict(gtol=-1.0), "gtol"), (dict(rtol=float("nan")), "rtol"), (dict(ftol=-1e-3), "ftol"),
+    (dict(xtol=-1.0), "xtol"), (dict(max_steps=-1), "max_steps"), (dict(max_steps=1.5), "max_steps"),
+    (dict(patience=0), "patience"), (dict(max_nonfinite=0), "max_nonfinite"),
+    (dict(min_learning_rate=-1.0), "min_learning_rate"),
+])
+def test_bad_configuration_raises(kwargs, name):
+  with pytest.raises(ValueError, match=name):
+    nag_optax.stop_when(nag_optax.nag(0.1), **kwargs)
+
+
+def test_inner_must_be_a_transformation():
+  with pytest.raises(ValueError, match="inner"):
+    nag_optax.stop_when(lambda g: g, gtol=1.0)
