@@ -74,7 +74,8 @@ def iterate_to_target(step_fn: Callable[[Any], Any], carry: Any, metric_fn: Call
 
 def run_to_target(optimizer: optax.GradientTransformation, fun: Callable[[Any], Any], x0: Any,
                   target_fn: Callable[[Any], Any], max_steps, record_every, *, tol,
-                  uses_value: bool = False, value_from_linesearch: bool = False) -> RunResult:
+                  uses_value: bool = False, value_from_linesearch: bool = False,
+                  pass_extra_args: bool = True, count_value: bool = True) -> RunResult:
   """Runs ``optimizer`` on ``fun`` from ``x0`` until ``target_fn(params) <= tol``.
 
   Each step is exactly an Optax loop with extra arguments::
@@ -97,6 +98,10 @@ def run_to_target(optimizer: optax.GradientTransformation, fun: Callable[[Any], 
     value_from_linesearch: take value and gradient from the state of a line search (as
       ``optax.value_and_grad_from_state``, the way ``optax.lbfgs`` is meant to be run) and count
       evaluations as 1 + the sum of the line search's ``num_linesearch_steps``.
+    pass_extra_args: False runs the gradient-only path (no ``value``/``grad``/``value_fn``, as
+      Flax's ``TrainState.apply_gradients``).
+    count_value: False when the value comes with the gradient from ``value_and_grad`` and is not
+      a separate evaluation; only ``value_fn`` calls (``function_evals`` fields) are counted.
 
   Returns:
     A :class:`RunResult`. Function evaluations also include the final value of every state
@@ -108,7 +113,7 @@ def run_to_target(optimizer: optax.GradientTransformation, fun: Callable[[Any], 
     value_and_grad = lambda params, state: jax.value_and_grad(fun)(params)
   else:
     value_and_grad = lambda params, state: (None, jax.grad(fun)(params))
-  extra = isinstance(optimizer, optax.GradientTransformationExtraArgs)
+  extra = pass_extra_args and isinstance(optimizer, optax.GradientTransformationExtraArgs)
 
   def step_fn(carry):
     params, state, linesearch_evals = carry
@@ -135,7 +140,7 @@ def run_to_target(optimizer: optax.GradientTransformation, fun: Callable[[Any], 
     function_evals = grad_evals
   else:
     grad_evals = steps
-    function_evals = steps if uses_value else jnp.zeros_like(steps)
+    function_evals = steps if uses_value and count_value else jnp.zeros_like(steps)
   # Summed over every block that counts its own evaluations (a chain may hold several).
   for _, count in optax.tree_utils.tree_get_all_with_path(state, "function_evals"):
     function_evals = function_evals + jnp.asarray(count, jnp.int32)

@@ -44,6 +44,8 @@ class Method:
   grid: Optional[Callable[[quadratics.Quadratic], np.ndarray]] = None  # learning rates to try
   uses_value: bool = False
   value_from_linesearch: bool = False
+  pass_extra_args: bool = True
+  count_value: bool = True
   requires: Optional[str] = None  # nag_optax attribute that must exist (for upcoming APIs)
 
 
@@ -72,8 +74,11 @@ METHODS = (
     Method("optax.polyak_sgd, f* = 0", "f and f*", lambda p, lr: optax.polyak_sgd(f_min=0.0),
            uses_value=True),
     Method("optax.contrib.prodigy()", "—", lambda p, lr: optax.contrib.prodigy()),
-    Method("nag_optax.auto_nag()", "—", lambda p, lr: nag_optax.auto_nag(), uses_value=True,
-           requires="auto_nag"),
+    # The stopping signal is switched off (rtol=None): the suite's own target is the distance.
+    Method("nag_optax.auto_nag() (value, value_fn passed)", "—",
+           lambda p, lr: nag_optax.auto_nag(rtol=None), uses_value=True, count_value=False),
+    Method("nag_optax.auto_nag() gradient-only (no extra args)", "—",
+           lambda p, lr: nag_optax.auto_nag(rtol=None), pass_extra_args=False),
 )
 
 CG_NAME = "conjugate gradient (Krylov optimum; quadratics only)"
@@ -116,7 +121,8 @@ def _solver(method: Method):
     return loop.run_to_target(
         method.make(p, learning_rate), fun, p["x0"], distance, p["max_steps"],
         p["record_every"], tol=p["tol"], uses_value=method.uses_value,
-        value_from_linesearch=method.value_from_linesearch)
+        value_from_linesearch=method.value_from_linesearch,
+        pass_extra_args=method.pass_extra_args, count_value=method.count_value)
   return solve
 
 

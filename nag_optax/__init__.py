@@ -1,5 +1,6 @@
 """nag_optax: Nesterov-accelerated gradient descent that tunes itself, as Optax transformations."""
 
+from nag_optax._src.alias import auto_nag
 from nag_optax._src.alias import nag
 from nag_optax._src.momentum import NesterovState
 from nag_optax._src.momentum import momentum_from_condition_number
@@ -7,6 +8,10 @@ from nag_optax._src.momentum import nesterov
 from nag_optax._src.solve import Solution
 from nag_optax._src.solve import minimize
 from nag_optax._src.solve import progress_bar
+from nag_optax._src.step_size import ScaleByBacktrackingState
+from nag_optax._src.step_size import ScaleByCurvatureState
+from nag_optax._src.step_size import scale_by_backtracking
+from nag_optax._src.step_size import scale_by_curvature
 from nag_optax._src.stopping import StopReason
 from nag_optax._src.stopping import StopWhenState
 from nag_optax._src.stopping import should_stop
@@ -17,7 +22,10 @@ __version__ = "0.1.0"
 
 __all__ = (
     "NesterovState",
+    "ScaleByBacktrackingState",
+    "ScaleByCurvatureState",
     "Solution",
+    "auto_nag",
     "StopReason",
     "StopWhenState",
     "minimize",
@@ -25,6 +33,8 @@ __all__ = (
     "nag",
     "nesterov",
     "progress_bar",
+    "scale_by_backtracking",
+    "scale_by_curvature",
     "should_stop",
     "stop_reason",
     "stop_when",

@@ -5,6 +5,8 @@ from typing import Any, Optional
 import optax
 
 from nag_optax._src import momentum as momentum_lib
+from nag_optax._src import step_size
+from nag_optax._src import stopping
 from nag_optax._src import validation
 
 
@@ -73,3 +75,78 @@ def nag(
           min_restart_interval=min_restart_interval,
       ),
   )
+
+
+def auto_nag(
+    *,
+    initial_step: Optional[float] = None,
+    safety: float = 1.0,
+    decay: float = 1.0,
+    schedule: str = "convex",
+    restart: Optional[str] = "gradient",
+    accumulator_dtype: Optional[Any] = None,
+    gtol: Optional[float] = None,
+    rtol: Optional[float] = 1e-6,
+    ftol: Optional[float] = None,
+    xtol: Optional[float] = None,
+    max_steps: Optional[int] = None,
+    patience: Optional[int] = None,
+    min_learning_rate: Optional[float] = None,
+    max_nonfinite: int = 5,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Tuning-free accelerated gradient descent for full-batch (deterministic) problems.
+
+  ``stop_when(chain(scale_by_curvature(), nesterov(schedule="convex", restart="gradient")))``:
+
+  .. math::
+
+    L_k = \max(L_{k-1}, \|g_k - g_{k-1}\| / \|y_k - y_{k-1}\|), \quad u_k = -g_k / L_k, \quad
+    m_{k+1} = b_{k-1} m_k + u_k, \quad \Delta y_k = u_k + b_k m_{k+1},
+
+  with FISTA's ``b_k = (t_k - 1)/t_{k+1}``, reset to ``t = 1`` whenever the step goes uphill
+  (``g_k . (x_{k+1} - x_k) > 0``, O'Donoghue & Candes). No learning rate and no momentum to
+  choose: the step comes from the curvature that consecutive gradients reveal, and restart
+  recovers the linear rate of strongly convex problems without knowing ``mu``.
+
+  Extra arguments: with ``value`` and ``value_fn`` (passed by :func:`minimize`, Optimistix and any
+  Optax line-search loop) the first step is checked by backtracking, so a wild ``initial_step``
+  costs a few function evaluations once; every later step evaluates nothing beyond the gradient.
+  Without them (gradient-only, e.g. Flax ``TrainState``) the first step is a small probe.
+
+  Memory: three parameter-sized buffers (momentum, previous point, previous gradient).
+
+  Args:
+    initial_step: the first step; ``None`` for a scale-free probe.
+    safety: the step is ``safety / L_k``.
+    decay: forgetting factor of the curvature estimate (``1`` keeps the running maximum).
+    schedule: momentum schedule of :func:`nesterov`.
+    restart: restart scheme of :func:`nesterov`.
+    accumulator_dtype: dtype of the momentum buffer.
+    gtol, rtol, ftol, xtol, max_steps, patience, min_learning_rate, max_nonfinite: the stopping
+      signal (:func:`stop_when`); by default it stops at ``||g|| <= 1e-6 ||g_0||``.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` with a stopping signal (:func:`should_stop`).
+
+  Examples:
+    >>> import jax.numpy as jnp, nag_optax
+    >>> loss = lambda x: jnp.sum(jnp.array([1.0, 10.0, 1000.0]) * (x - 1.0) ** 2)
+    >>> sol = nag_optax.minimize(loss, jnp.zeros(3), nag_optax.auto_nag())
+    >>> print(jnp.round(sol.params, 2), sol.stop_reason.name)
+    [1. 1. 1.] RTOL
+
+  References:
+    Beck & Teboulle, `FISTA <https://doi.org/10.1137/080716542>`_, 2009.
+    O'Donoghue & Candes, `Adaptive restart for accelerated gradient schemes
+    <https://arxiv.org/abs/1204.3982>`_, 2015.
+    Malitsky & Mishchenko, `Adaptive gradient descent without descent
+    <https://arxiv.org/abs/1910.09529>`_, 2020.
+  """
+  inner = optax.chain(
+      step_size.scale_by_curvature(initial_step, safety=safety, decay=decay),
+      momentum_lib.nesterov(schedule=schedule, restart=restart,
+                            accumulator_dtype=accumulator_dtype),
+  )
+  return stopping.stop_when(inner, gtol=gtol, rtol=rtol, ftol=ftol, xtol=xtol,
+                            max_steps=max_steps, patience=patience,
+                            min_learning_rate=min_learning_rate, max_nonfinite=max_nonfinite)

@@ -110,7 +110,7 @@ def minimize(
     ...   return jnp.sum(a * (x - 1.0) ** 2)
     >>> sol = nag_optax.minimize(loss, jnp.zeros(3), args=(jnp.array([1.0, 10.0, 100.0]),),
     ...                          rtol=1e-6)
-    >>> print(jnp.round(sol.params, 5), sol.stop_reason.name)
+    >>> print(jnp.round(sol.params, 3), sol.stop_reason.name)
     [1. 1. 1.] RTOL
   """
   validation.check_int("max_steps", max_steps, low=0, allow_none=False)
