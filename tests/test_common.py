@@ -25,12 +25,30 @@ def _strongly_convex(learning_rate, condition_number):
   return nag_optax.nag(learning_rate, schedule="strongly_convex", condition_number=condition_number)
 
 
+def _curvature_chain(safety):
+  return optax.chain(nag_optax.scale_by_curvature(safety=safety),
+                     nag_optax.nesterov(schedule="convex", restart="gradient"))
+
+
+def _backtracking_chain(increase_factor):
+  return optax.chain(nag_optax.scale_by_backtracking(increase_factor=increase_factor),
+                     nag_optax.nesterov(schedule="convex", restart="gradient"))
+
+
+def _stop_when_nag(learning_rate):
+  return nag_optax.stop_when(nag_optax.nag(learning_rate), rtol=1e-7, max_nonfinite=3)
+
+
 OPTIMIZERS = {
     "nag": (nag_optax.nag, dict(learning_rate=1e-3, momentum=0.9)),
     "nag_convex_gradient_restart": (_chained_nesterov, dict(learning_rate=1e-3)),
     "nag_convex_speed_restart": (
         functools.partial(_chained_nesterov, restart="speed"), dict(learning_rate=1e-3)),
     "nag_strongly_convex": (_strongly_convex, dict(learning_rate=1e-3, condition_number=1e3)),
+    "auto_nag": (nag_optax.auto_nag, dict(safety=1.0)),
+    "scale_by_curvature_chain": (_curvature_chain, dict(safety=1.0)),
+    "scale_by_backtracking_chain": (_backtracking_chain, dict(increase_factor=2.0)),
+    "stop_when_nag": (_stop_when_nag, dict(learning_rate=1e-3)),
 }
 
 

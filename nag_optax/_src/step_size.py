@@ -150,6 +150,7 @@ def _backtrack(value_fn, params, grad, value, step, *, decrease_factor, sufficie
   """Shrink ``step`` until f(y - step g) <= f(y) - c step ||g||^2, in a bounded while_loop.
 
   Returns ``(accepted_step, accepted, evaluations)``. A non-finite trial value is a rejection,
+  and so is one that does not lower f measurably,
   so a loss that returns inf or NaN only shrinks the step. When no trial is accepted within
   ``max_steps`` evaluations, ``accepted`` is False and the last (smallest) step is returned.
   With ``active`` False nothing is evaluated and ``step`` is returned as accepted.
@@ -160,7 +161,10 @@ def _backtrack(value_fn, params, grad, value, step, *, decrease_factor, sufficie
   def trial_ok(eta):
     trial = jax.tree.map(lambda p, g: p - eta.astype(p.dtype) * g.astype(p.dtype), params, grad)
     f = jnp.asarray(value_fn(trial)).astype(dtype)
-    return f <= f0 - sufficient_decrease * eta * gnorm2  # False for NaN and inf
+    # False for NaN and inf. A trial that leaves f unchanged (the decrease is below the float
+    # resolution of f) is rejected too: accepting it would let the step grow without bound.
+    sufficient = f <= f0 - sufficient_decrease * eta * gnorm2
+    return sufficient & ((f < f0) | (gnorm2 == 0))
 
   def cond(carry):
     _, accepted, evals = carry
@@ -262,7 +266,11 @@ def scale_by_backtracking(
     dtype = state.learning_rate.dtype
     if params is None:
       raise ValueError("scale_by_backtracking needs params (the point of the gradient).")
-    guess = jnp.where(state.count > 0, state.learning_rate * increase_factor,
+    # No growth at a zero gradient: every trial would be accepted there and the step would
+    # double without bound while the iterate stands still.
+    grows = numerics.norm(updates, dtype) > 0
+    guess = jnp.where(state.count > 0,
+                      state.learning_rate * jnp.where(grows, increase_factor, 1.0),
                       _initial_step(initial_step, params, updates, dtype))
     if value is None or value_fn is None:
       step, accepted, evals = guess, jnp.asarray(True), jnp.zeros((), jnp.int32)

@@ -156,7 +156,7 @@ def stop_when(
     izero = jnp.zeros((), jnp.int32)
     return StopWhenState(
         inner_state=inner_state, stop=jnp.zeros((), bool),
-        reason=jnp.full((), StopReason.NOT_STOPPED, jnp.int32), count=izero,
+        reason=jnp.zeros((), jnp.int32), count=izero,
         grad_norm=inf, initial_grad_norm=inf, update_norm=inf, last_value=inf, best_value=inf,
         steps_since_improvement=izero, nonfinite_count=izero, total_nonfinite=izero)
 
