@@ -121,7 +121,8 @@ def minimize(
   given = {k: v for k, v in tolerances.items() if v is not None}
   if optimizer is None:
     from nag_optax._src import alias  # pylint: disable=g-import-not-at-top
-    optimizer = alias.auto_nag(**given) if given else alias.auto_nag()
+    # Tolerances given here replace auto_nag's default rtol rather than adding to it.
+    optimizer = alias.auto_nag(**{"rtol": None, **given}) if given else alias.auto_nag()
     given = {}
   if _has_stop_state(optimizer, params):
     if given:
@@ -142,11 +143,11 @@ def minimize(
     return value, aux, grad
 
   def cond(carry):
-    iteration, _, state, _, _ = carry
+    iteration, _, state, _ = carry
     return (iteration < max_steps) & ~stopping.should_stop(state)
 
   def body(carry):
-    iteration, p, state, _, _ = carry
+    iteration, p, state, last_good = carry
     value, _, grad = evaluate(p)
     updates, new_state = optimizer.update(grad, state, p, value=value, grad=grad,
                                           value_fn=value_fn)
@@ -155,18 +156,20 @@ def minimize(
       jax.lax.cond(iteration % callback_every == 0,
                    lambda: jax.debug.callback(callback, iteration, value, grad_norm),
                    lambda: None)
-    return iteration + 1, optax.apply_updates(p, updates), new_state, value, grad
+    finite = jnp.isfinite(value) & numerics.all_finite(grad)
+    last_good = optax.tree.where(finite, p, last_good)
+    return iteration + 1, optax.apply_updates(p, updates), new_state, last_good
 
   state = optimizer.init(params)
-  value0, _, grad0 = jax.eval_shape(evaluate, params)
-  carry0 = (jnp.zeros((), jnp.int32), params, state,
-            jnp.zeros(value0.shape, value0.dtype), jax.tree.map(jnp.zeros_like, params))
-  del grad0
-  iterations, params, state, _, _ = jax.lax.while_loop(cond, body, carry0)
-  value, aux, grad = evaluate(params)
+  carry0 = (jnp.zeros((), jnp.int32), params, state, params)
+  iterations, params, state, last_good = jax.lax.while_loop(cond, body, carry0)
   stop_state = stopping._stop_states(state)[0]  # pylint: disable=protected-access
   reason = jnp.where(stop_state.reason == stopping.StopReason.NOT_STOPPED,
                      jnp.int32(stopping.StopReason.MAX_STEPS), stop_state.reason)
+  # A step can land where the loss is not finite; the guard then skips every later step. Return
+  # the last point whose loss and gradient were finite instead of the non-finite one.
+  params = optax.tree.where(reason == stopping.StopReason.NONFINITE, last_good, params)
+  value, aux, grad = evaluate(params)
   steps = stop_state.count
   if callback is not None:
     jax.debug.callback(callback, iterations, value, numerics.norm(grad))
