@@ -169,3 +169,32 @@ def test_sharded_update_reduces_without_gathering_params():
   hlo = jax.jit(step).lower(params, state).compile().as_text()
   assert "all-reduce" in hlo  # global norms and dot products are cross-shard reductions
   assert "all-gather" not in hlo  # and no shard ever sees the whole parameter
+
+
+def test_orbax_checkpoint_round_trip_resumes_bit_identically(tmp_path):
+  ocp = pytest.importorskip("orbax.checkpoint")
+  fun = lambda x: jnp.sum(jnp.array([1.0, 30.0, 900.0]) * (x - 1.0) ** 2)
+  opt = nag_optax.auto_nag()
+
+  @jax.jit
+  def step(params, state):
+    value, grad = jax.value_and_grad(fun)(params)
+    updates, state = opt.update(grad, state, params, value=value, value_fn=fun)
+    return optax.apply_updates(params, updates), state
+
+  params = jnp.zeros(3)
+  state = opt.init(params)
+  for _ in range(15):
+    params, state = step(params, state)
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(tmp_path / "ckpt", {"params": params, "opt_state": state})
+  checkpointer.wait_until_finished()
+  uninterrupted = (params, state)
+  for _ in range(20):
+    uninterrupted = step(*uninterrupted)
+  template = {"params": jnp.zeros(3), "opt_state": opt.init(jnp.zeros(3))}
+  restored = checkpointer.restore(tmp_path / "ckpt", template)
+  resumed = (restored["params"], restored["opt_state"])
+  for _ in range(20):
+    resumed = step(*resumed)
+  chex.assert_trees_all_equal(resumed, uninterrupted)
