@@ -93,16 +93,23 @@ def test_tuned_quantities_readable_with_optax_tree_get():
   assert optax.tree.get(state, "stop") is not None
 
 
-@pytest.mark.parametrize("name", ["auto_nag", "nag", "scale_by_backtracking_chain"])
-def test_checkpoint_round_trip_resumes_bit_identically(name, tmp_path):
+def _jitted_step(opt):
+  """One jitted optax step with extra args on a small non-quadratic problem (for resume tests)."""
   fun = lambda x: jnp.sum(jnp.array([1.0, 30.0, 900.0]) * (x - 1.0) ** 2) + jnp.sum(x ** 4)
-  opt = test_common._make(name)
 
   @jax.jit
   def step(params, state):
     value, grad = jax.value_and_grad(fun)(params)
     updates, state = opt.update(grad, state, params, value=value, value_fn=fun)
     return optax.apply_updates(params, updates), state
+
+  return step
+
+
+@pytest.mark.parametrize("name", ["auto_nag", "nag", "scale_by_backtracking_chain"])
+def test_checkpoint_round_trip_resumes_bit_identically(name, tmp_path):
+  opt = test_common._make(name)
+  step = _jitted_step(opt)
 
   params = jnp.zeros(3)
   state = opt.init(params)
@@ -173,14 +180,8 @@ def test_sharded_update_reduces_without_gathering_params():
 
 def test_orbax_checkpoint_round_trip_resumes_bit_identically(tmp_path):
   ocp = pytest.importorskip("orbax.checkpoint")
-  fun = lambda x: jnp.sum(jnp.array([1.0, 30.0, 900.0]) * (x - 1.0) ** 2)
   opt = nag_optax.auto_nag()
-
-  @jax.jit
-  def step(params, state):
-    value, grad = jax.value_and_grad(fun)(params)
-    updates, state = opt.update(grad, state, params, value=value, value_fn=fun)
-    return optax.apply_updates(params, updates), state
+  step = _jitted_step(opt)
 
   params = jnp.zeros(3)
   state = opt.init(params)
