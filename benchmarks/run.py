@@ -14,6 +14,8 @@ import jax
 # write its module and add one line here.
 SUITES = {
     "quadratic": "benchmarks.quadratic",
+    "logistic": "benchmarks.logistic",
+    "step_cost": "benchmarks.step_cost",
 }
 
 RESULTS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")

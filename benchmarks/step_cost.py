@@ -1,0 +1,176 @@
+"""Step-cost suite: the time of one optimizer step and the state's memory, 16.8M parameters.
+
+Parameters: two float32 dense layers, 2048 x 4096 and 4096 x 2048 with biases (16,783,360 in
+all). One step is ``optimizer.update`` + ``optax.apply_updates``, jitted (nothing donated: some
+states return one array in two leaves, which XLA refuses to donate twice); the gradient and
+the loss value 1/2 ||params||^2 are inputs, computed once, so only the optimizer's own work is
+timed. After warm-up the steps run
+``REPS`` rounds, one step of each optimizer per round, each timed to ``block_until_ready``; the best repetition is reported, relative to
+``optax.sgd(0.1, 0.9, nesterov=True)``. The state's size is counted from
+``jax.eval_shape(optimizer.init, params)``: the total size of its leaves divided by the number of
+parameters ("parameter-sized buffers"; scalars such as counters are negligible).
+"""
+
+import dataclasses
+import math
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import nag_optax
+from benchmarks import report
+
+LAYERS = ((2048, 4096), (4096, 2048))
+DTYPE = jnp.float32
+WARMUP = 2
+REPS = {"full": 15, "quick": 5}
+GOAL_RATIO = 1.5  # auto_nag's target: within 1.5x of sgd-nesterov's step time
+BASELINE = "optax.sgd(0.1, 0.9, nesterov=True)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  name: str
+  make: Callable[[], optax.GradientTransformation]
+  extra_args: bool = False  # pass value, grad, value_fn to update
+
+
+METHODS = (
+    Method(BASELINE, lambda: optax.sgd(0.1, 0.9, nesterov=True)),
+    Method("optax.adam(1e-3)", lambda: optax.adam(1e-3)),
+    Method("nag_optax.nag(0.1)", lambda: nag_optax.nag(0.1)),
+    Method("nag_optax.auto_nag() with value, grad, value_fn", nag_optax.auto_nag,
+           extra_args=True),
+    Method("nag_optax.auto_nag() gradient-only", nag_optax.auto_nag),
+    Method("optax.lbfgs() (zoom line search)", optax.lbfgs, extra_args=True),
+)
+
+
+def make_params(key=0) -> dict:
+  keys = jax.random.split(jax.random.PRNGKey(key), len(LAYERS))
+  return {f"dense{i}": dict(w=0.01 * jax.random.normal(k, shape, DTYPE),
+                            b=jnp.zeros((shape[1],), DTYPE))
+          for i, (k, shape) in enumerate(zip(keys, LAYERS))}
+
+
+def loss(params):
+  return 0.5 * sum(jnp.sum(jnp.square(p)) for p in jax.tree.leaves(params))
+
+
+def size(tree) -> int:
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
+
+
+def state_buffers(optimizer, params) -> float:
+  """Optimizer state, in parameter-sized buffers."""
+  return size(jax.eval_shape(optimizer.init, params)) / size(params)
+
+
+def _step_fn(method: Method, optimizer):
+  def step(params, state, grad, value):
+    if method.extra_args:
+      updates, state = optimizer.update(grad, state, params, value=value, grad=grad,
+                                        value_fn=loss)
+    else:
+      updates, state = optimizer.update(grad, state, params)
+    return optax.apply_updates(params, updates), state
+  return jax.jit(step)
+
+
+def time_methods(methods, reps: int) -> dict:
+  """Compiles and warms up every method, then times them round-robin (one step of each per
+  round), so that drifts of the machine (allocator, frequency, neighbours) hit all alike."""
+  params0 = make_params()
+  value, grad = jax.value_and_grad(loss)(params0)
+  live, measured = {}, {}
+  for m in methods:
+    optimizer = m.make()
+    params, state = params0, optimizer.init(params0)
+    step = _step_fn(m, optimizer)
+    start = time.perf_counter()
+    compiled = step.lower(params, state, grad, value).compile()
+    measured[m.name] = dict(buffers=state_buffers(optimizer, params0),
+                            compile_s=time.perf_counter() - start, times_s=[])
+    for _ in range(WARMUP):
+      params, state = jax.block_until_ready(compiled(params, state, grad, value))
+    live[m.name] = [compiled, params, state]
+  for _ in range(reps):
+    for m in methods:
+      compiled, params, state = live[m.name]
+      start = time.perf_counter()
+      params, state = jax.block_until_ready(compiled(params, state, grad, value))
+      measured[m.name]["times_s"].append(time.perf_counter() - start)
+      live[m.name] = [compiled, params, state]
+  for m in methods:
+    r = measured[m.name]
+    r.update(best_s=min(r["times_s"]), median_s=float(np.median(r["times_s"])),
+             finite=all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(live[m.name][1])))
+  return measured
+
+
+def run(mode: str, progress) -> report.SuiteResult:
+  start = time.perf_counter()
+  reps = REPS.get(mode, REPS["quick"])
+  progress.total = (progress.total or 0) + len(METHODS)
+  progress.refresh()
+  progress.set_postfix_str("step cost")
+  measured = time_methods(METHODS, reps)
+  progress.update(len(METHODS))
+
+  params = make_params()
+  n = size(params)
+  base = measured[BASELINE]["best_s"]
+  lines = ["| optimizer | time vs sgd-nesterov | best step (ms) | median step (ms) | "
+           "optimizer state, in parameter-sized buffers |", "|---|---|---|---|---|"]
+  runs = []
+  for m in METHODS:
+    r = measured[m.name]
+    ratio = r["best_s"] / base
+    lines.append(f"| `{m.name}` | {ratio:.2f} | {1e3 * r['best_s']:.2f} | "
+                 f"{1e3 * r['median_s']:.2f} | {r['buffers']:.2f} |")
+    runs.append(report.MethodRun(
+        method=m.name, needs="value_fn" if m.extra_args else "—", steps=reps,
+        reached=ratio <= GOAL_RATIO, grad_evals=0, function_evals=0, wall_time_s=r["best_s"],
+        final_metric=ratio, history=[t / base for t in r["times_s"]], history_every=1,
+        note=f"{ratio:.2f}x time, {r['buffers']:.2f} buffers",
+        extra=dict(best_step_s=r["best_s"], median_step_s=r["median_s"], times_s=r["times_s"],
+                   buffers=r["buffers"], finite_after_steps=r["finite"])))
+  table = "\n".join(lines)
+  auto = [measured[m.name] for m in METHODS if m.name.startswith("nag_optax.auto_nag")]
+  verdict = ("meets" if all(a["best_s"] / base <= GOAL_RATIO and a["buffers"] <= 3.0 + 1e-3
+                            for a in auto) else "misses")
+  description = f"""
+{n:,} float32 parameters in {len(jax.tree.leaves(params))} leaves (dense layers
+{' and '.join(f'{a} x {b}' for a, b in LAYERS)} with biases). One jitted
+`update` + `apply_updates` step (nothing donated), gradient and value given;
+best of {reps} repetitions after {WARMUP} warm-up steps, each to `block_until_ready`, the
+optimizers taking turns (one step of each per round)
+(wall time, this machine's {jax.default_backend()} backend; float64 is enabled by the runner,
+the parameters stay float32). State buffers: total size of the leaves of
+`jax.eval_shape(optimizer.init, params)` / number of parameters.
+
+{table}
+
+auto_nag {verdict} the goal: within {GOAL_RATIO}x of sgd-nesterov's step time and at most 3
+parameter-sized buffers.
+"""
+  notes = [
+      "The generic tables below use the runner's common format: 'iterations' = timed "
+      f"repetitions, reached = within {GOAL_RATIO}x of sgd-nesterov, 'wall s' = the best step, "
+      "'final metric' = time / sgd-nesterov time; the plot shows each repetition's time ratio.",
+  ]
+  if mode != "full":
+    notes.append(f"Quick mode: {reps} repetitions (full mode {REPS['full']}).")
+  problem = report.ProblemResult(
+      name=f"one step, {n / 1e6:.1f}M float32 parameters", label=f"{n / 1e6:.1f}M params",
+      cap=reps, runs=runs, info=dict(parameters=n, layers=LAYERS, reps=reps, warmup=WARMUP))
+  return report.SuiteResult(
+      name="step_cost", title=f"Step cost, {n / 1e6:.1f}M parameters",
+      description=description, metric_label="step time / sgd-nesterov step time",
+      tol=GOAL_RATIO, mode=mode, problems=[problem], notes=notes,
+      compile_time_s={m.name: measured[m.name]["compile_s"] for m in METHODS},
+      total_time_s=time.perf_counter() - start)
