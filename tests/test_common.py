@@ -149,17 +149,19 @@ def test_inject_hyperparams_gives_the_same_updates(name):
     np.testing.assert_allclose(float(state.hyperparams[key]), value, rtol=1e-6)
 
 
-@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32, "float64"])
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_preserves_dtype(name, dtype):
-  opt = _make(name)
-  params = {"w": jnp.ones((3, 2), dtype), "b": jnp.zeros(2, dtype)}
-  state = opt.init(params)
-  grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
-  updates, state = jax.jit(opt.update)(grads, state, params)
-  assert jax.tree.map(lambda u: u.dtype, updates) == jax.tree.map(lambda p: p.dtype, params)
-  updates, _ = jax.jit(opt.update)(grads, state, params)
-  chex.assert_tree_all_finite(updates)
+  with jax.enable_x64(dtype == "float64"):
+    opt = _make(name)
+    params = {"w": jnp.ones((3, 2), jnp.dtype(dtype)), "b": jnp.zeros(2, jnp.dtype(dtype))}
+    state = opt.init(params)
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
+    updates, new_state = jax.jit(opt.update)(grads, state, params)
+    assert jax.tree.map(lambda u: u.dtype, updates) == jax.tree.map(lambda p: p.dtype, params)
+    chex.assert_trees_all_equal_shapes_and_dtypes(state, new_state)
+    updates, _ = jax.jit(opt.update)(grads, new_state, params)
+    chex.assert_tree_all_finite(updates)
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32, "float64"])
