@@ -26,7 +26,13 @@ class NesterovState(NamedTuple):
 
 
 def momentum_from_condition_number(condition_number: Any) -> jax.Array:
-  r"""Nesterov's momentum for a strongly convex function, ``q = (sqrt(kappa)-1)/(sqrt(kappa)+1)``."""
+  r"""Nesterov's momentum for a strongly convex function, ``q = (sqrt(kappa)-1)/(sqrt(kappa)+1)``.
+
+  Examples:
+    >>> import nag_optax
+    >>> print(round(float(nag_optax.momentum_from_condition_number(100.0)), 4))
+    0.8182
+  """
   root = jnp.sqrt(jnp.asarray(condition_number))
   return (root - 1.0) / (root + 1.0)
 

@@ -273,8 +273,8 @@ def scale_by_backtracking(
                       state.learning_rate * jnp.where(grows, increase_factor, 1.0),
                       _initial_step(initial_step, params, updates, dtype))
     if value is None or value_fn is None:
-      step, accepted, evals = guess, jnp.asarray(True), jnp.zeros((), jnp.int32)
       step = jnp.where(state.count > 0, state.learning_rate, guess)
+      accepted, evals = jnp.asarray(True), jnp.zeros((), jnp.int32)
     else:
       step, accepted, evals = _backtrack(
           value_fn, params, updates, value, guess, decrease_factor=decrease_factor,
