@@ -4,7 +4,7 @@ import dataclasses
 import json
 import math
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import matplotlib
 
@@ -59,6 +59,10 @@ class SuiteResult:
   notes: list = dataclasses.field(default_factory=list)
   compile_time_s: dict = dataclasses.field(default_factory=dict)  # method -> seconds
   total_time_s: float = 0.0
+  # Suites whose results are not "iterations until a metric falls below tol" render themselves:
+  # render_markdown(suite) -> str replaces `markdown`, render_plot(suite, path) replaces `plot`.
+  render_markdown: Optional[Callable] = None
+  render_plot: Optional[Callable] = None
 
 
 def _count(n: Optional[float]) -> str:
@@ -154,6 +158,8 @@ def _jsonable(x: Any) -> Any:
 
 def to_json(suite: SuiteResult) -> dict:
   data = dataclasses.asdict(suite)
+  data.pop("render_markdown")
+  data.pop("render_plot")
   for problem in data["problems"]:
     for run in problem["runs"]:
       run["iterations"] = run["steps"] if run["reached"] else None
@@ -207,10 +213,10 @@ def plot(suite: SuiteResult, path: str) -> None:
 def write(suite: SuiteResult, out_dir: str) -> str:
   """Writes <out>/<suite>.md, .json and .png; returns the markdown."""
   os.makedirs(out_dir, exist_ok=True)
-  text = markdown(suite)
+  text = suite.render_markdown(suite) if suite.render_markdown else markdown(suite)
   with open(os.path.join(out_dir, f"{suite.name}.md"), "w") as f:
     f.write(text)
   with open(os.path.join(out_dir, f"{suite.name}.json"), "w") as f:
     json.dump(to_json(suite), f, indent=1)
-  plot(suite, os.path.join(out_dir, f"{suite.name}.png"))
+  (suite.render_plot or plot)(suite, os.path.join(out_dir, f"{suite.name}.png"))
   return text

@@ -16,6 +16,7 @@ SUITES = {
     "quadratic": "benchmarks.quadratic",
     "logistic": "benchmarks.logistic",
     "step_cost": "benchmarks.step_cost",
+    "minibatch": "benchmarks.minibatch",
 }
 
 RESULTS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
@@ -44,6 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   mode = parser.add_mutually_exclusive_group()
   mode.add_argument("--quick", dest="mode", action="store_const", const="quick",
                     help="the default: a subset that finishes in under 5 minutes on 2 CPU cores")
+  mode.add_argument("--smoke", dest="mode", action="store_const", const="smoke", help=argparse.SUPPRESS)
   mode.add_argument("--full", dest="mode", action="store_const", const="full",
                     help="every problem (about 30 minutes); also rewrites benchmarks/RESULTS.md")
   parser.set_defaults(mode="quick")

@@ -1,6 +1,7 @@
 """nag_optax: Nesterov-accelerated gradient descent that tunes itself, as Optax transformations."""
 
 from nag_optax._src.alias import auto_nag
+from nag_optax._src.alias import auto_nag_sgd
 from nag_optax._src.alias import nag
 from nag_optax._src.momentum import NesterovState
 from nag_optax._src.momentum import momentum_from_condition_number
@@ -10,8 +11,10 @@ from nag_optax._src.solve import minimize
 from nag_optax._src.solve import progress_bar
 from nag_optax._src.step_size import ScaleByBacktrackingState
 from nag_optax._src.step_size import ScaleByCurvatureState
+from nag_optax._src.step_size import ScaleByHypergradientState
 from nag_optax._src.step_size import scale_by_backtracking
 from nag_optax._src.step_size import scale_by_curvature
+from nag_optax._src.step_size import scale_by_hypergradient
 from nag_optax._src.stopping import StopReason
 from nag_optax._src.stopping import StopWhenState
 from nag_optax._src.stopping import should_stop
@@ -24,8 +27,10 @@ __all__ = (
     "NesterovState",
     "ScaleByBacktrackingState",
     "ScaleByCurvatureState",
+    "ScaleByHypergradientState",
     "Solution",
     "auto_nag",
+    "auto_nag_sgd",
     "StopReason",
     "StopWhenState",
     "minimize",
@@ -35,6 +40,7 @@ __all__ = (
     "progress_bar",
     "scale_by_backtracking",
     "scale_by_curvature",
+    "scale_by_hypergradient",
     "should_stop",
     "stop_reason",
     "stop_when",

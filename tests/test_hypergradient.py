@@ -1,0 +1,295 @@
+"""scale_by_hypergradient and auto_nag_sgd: the rule against a reference loop, its safeguards,
+plateau decay and the learning-rate-floor stop on scripted losses, and minibatch training."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from flax.training import train_state
+
+import nag_optax
+
+
+def _reference(x0, grad_fn, steps, *, lr0, beta, growth, rho, bounds, mu):
+  """NumPy loop of the documented rule followed by PyTorch-style Nesterov momentum."""
+  lower, upper = bounds
+  x, prev_x, eta, m, warming = x0.copy(), None, lr0, np.zeros_like(x0), True
+  xs, etas, branches = [], [], set()
+  for k in range(steps):
+    g = grad_fn(x)
+    c = 0.0
+    if k > 0:
+      d = x - prev_x
+      denom = np.linalg.norm(g) * np.linalg.norm(d)
+      c = -float(g @ d) / denom if denom > 0 else 0.0
+    new_eta = eta * (1 + beta * c)
+    warming = warming and (c > 0 or k < 1)
+    if warming and c > 0:
+      new_eta, _ = eta * growth, branches.add("warmup")
+    elif k > 0:
+      branches.add("hypergradient")
+    new_eta = min(max(new_eta, lower), upper)
+    cap = rho * max(np.linalg.norm(x), 1e-3) / np.linalg.norm(g)
+    if cap < new_eta:
+      branches.add("cap")
+    new_eta = max(min(new_eta, cap), lower)
+    u = -new_eta * g
+    m = mu * m + u
+    prev_x, x, eta = x, x + u + mu * m, new_eta
+    xs.append(x.copy())
+    etas.append(eta)
+  return np.array(xs), np.array(etas), branches
+
+
+@pytest.mark.usefixtures("x64")
+def test_matches_reference_loop():
+  diag = np.array([1.0, 4.0, 30.0, 200.0])
+  grad_fn = lambda x: diag * (x - 1.0) + 0.3 * np.sin(x)
+  x0 = np.array([3.0, -2.0, 0.5, 2.0])
+  kwargs = dict(lr0=1e-4, beta=0.2, growth=3.0, rho=0.1, bounds=(1e-6, 0.02), mu=0.9)
+  want_x, want_eta, branches = _reference(x0, grad_fn, 40, **kwargs)
+  assert branches == {"warmup", "hypergradient", "cap"}, branches  # every rule is exercised
+
+  tx = optax.chain(
+      nag_optax.scale_by_hypergradient(
+          kwargs["lr0"], hypergradient_rate=kwargs["beta"], warmup_growth=kwargs["growth"],
+          max_relative_step=kwargs["rho"], learning_rate_bounds=kwargs["bounds"]),
+      nag_optax.nesterov(kwargs["mu"]))
+  x = jnp.asarray(x0)
+  state = tx.init(x)
+  step = jax.jit(lambda x, s: tx.update(diag * (x - 1.0) + 0.3 * jnp.sin(x), s, x))
+  for k in range(40):
+    updates, state = step(x, state)
+    x = optax.apply_updates(x, updates)
+    np.testing.assert_allclose(x, want_x[k], rtol=1e-10, atol=1e-12, err_msg=f"step {k}")
+    np.testing.assert_allclose(optax.tree.get(state, "learning_rate"), want_eta[k],
+                               rtol=1e-10, err_msg=f"step {k}")
+
+
+def test_rate_stays_in_bounds_under_adversarial_gradients():
+  bounds = (1e-3, 1.0)
+  tx = nag_optax.scale_by_hypergradient(0.5, hypergradient_rate=0.9, warmup_growth=10.0,
+                                        max_relative_step=None, learning_rate_bounds=bounds)
+  params = jnp.ones(3)
+  state = tx.init(params)
+  g = jnp.array([1.0, -2.0, 0.5])
+  grads = [g, -g, g * 1e30, -g * 1e30, g * 1e-30, jnp.zeros(3), g.at[0].set(jnp.nan),
+           g.at[1].set(jnp.inf), -g, g, jnp.full(3, jnp.nan), g * 3e38, -g * 3e38] * 3
+  for k, grad in enumerate(grads):
+    before = float(state.learning_rate)
+    updates, state = tx.update(grad, state, params)
+    lr = float(state.learning_rate)
+    assert np.isfinite(lr) and bounds[0] <= lr <= bounds[1], (k, lr)
+    assert np.isfinite(float(state.hypergradient))
+    if not np.all(np.isfinite(np.asarray(grad))):
+      assert lr == before, k  # a non-finite gradient never moves the rate
+    else:
+      chex.assert_tree_all_finite(updates)
+      params = optax.apply_updates(params, updates)
+      params = jnp.where(jnp.isfinite(params), params, 1.0)
+
+
+def test_relative_step_cap_tames_a_huge_initial_rate():
+  tx = nag_optax.scale_by_hypergradient(10.0, max_relative_step=0.05)
+  params = {"w": jnp.full((10,), 2.0)}
+  state = tx.init(params)
+  grads = {"w": jnp.full((10,), 100.0)}
+  updates, state = tx.update(grads, state, params)
+  ratio = optax.tree.norm(updates) / optax.tree.norm(params)
+  np.testing.assert_allclose(ratio, 0.05, rtol=1e-5)
+
+
+def test_warmup_ends_at_the_first_overshoot():
+  tx = nag_optax.scale_by_hypergradient(1e-3, warmup_growth=2.0, max_relative_step=None)
+  params = jnp.array([1.0, 1.0])
+  state = tx.init(params)
+  g = jnp.array([1.0, 1.0])
+  rates = []
+  for grad in [g, g, g, g, -g, -g]:  # the 5th gradient points back along the last step
+    updates, state = tx.update(grad, state, params)
+    params = optax.apply_updates(params, updates)
+    rates.append(float(state.learning_rate))
+  np.testing.assert_allclose(rates[:4], [1e-3, 2e-3, 4e-3, 8e-3], rtol=1e-6)
+  assert not bool(state.warming_up)
+  np.testing.assert_allclose(rates[4], 8e-3 * (1 - 0.1), rtol=1e-6)  # c = -1, beta = 0.1
+  # The 6th points along the (reversed) last step, c = +1: growth by 1 + beta, no doubling.
+  np.testing.assert_allclose(rates[5], rates[4] * 1.1, rtol=1e-6)
+
+
+def test_needs_params():
+  tx = nag_optax.scale_by_hypergradient()
+  state = tx.init(jnp.ones(2))
+  with pytest.raises(ValueError, match="params"):
+    tx.update(jnp.ones(2), state)
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(learning_rate=0.0), "learning_rate"),
+    (dict(learning_rate=-1.0), "learning_rate"),
+    (dict(hypergradient_rate=1.0), "hypergradient_rate"),
+    (dict(hypergradient_rate=-0.1), "hypergradient_rate"),
+    (dict(warmup_growth=0.5), "warmup_growth"),
+    (dict(max_relative_step=0.0), "max_relative_step"),
+    (dict(learning_rate_bounds=(1.0, 0.5)), "learning_rate_bounds"),
+    (dict(learning_rate_bounds=(0.0, 1.0)), "learning_rate_bounds"),
+    (dict(learning_rate_bounds=1.0), "learning_rate_bounds"),
+    (dict(plateau=0.5), "plateau"),
+])
+def test_bad_arguments_name_the_argument(kwargs, name):
+  with pytest.raises((ValueError, TypeError), match=name):
+    nag_optax.scale_by_hypergradient(**kwargs)
+
+
+# Scripted losses: improvements for three calls, then a flat loss. With patience 2 and one value
+# per window, reduce_on_plateau halves at the 2nd and 4th flat call after the last new best.
+VALUES = [10.0, 9.0, 8.0] + [8.0] * 9
+EXPECTED_RATES = [1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.25, 0.25, 0.125, 0.125, 0.0625, 0.0625]
+
+
+def _fixed_rate(plateau, **kwargs):
+  return nag_optax.scale_by_hypergradient(1.0, hypergradient_rate=0.0, warmup_growth=None,
+                                          max_relative_step=None, plateau=plateau, **kwargs)
+
+
+def test_plateau_decay_fires_at_the_right_step():
+  tx = _fixed_rate(optax.contrib.reduce_on_plateau(factor=0.5, patience=2))
+  params = jnp.ones(2)
+  state = tx.init(params)
+  rates = []
+  for value in VALUES:
+    updates, state = tx.update(jnp.ones(2), state, params, value=jnp.asarray(value))
+    np.testing.assert_allclose(updates, -state.learning_rate * jnp.ones(2))
+    rates.append(float(state.learning_rate))
+  np.testing.assert_allclose(rates, EXPECTED_RATES)
+  np.testing.assert_allclose(state.plateau_scale, EXPECTED_RATES[-1])
+
+
+def test_plateau_is_not_undone_by_the_hypergradient():
+  # Gradients that keep pointing along the last step push the rate up by (1 + beta) a step;
+  # the decay multiplies the rate and the upper bound, so each halving still halves.
+  tx = nag_optax.scale_by_hypergradient(
+      0.01, hypergradient_rate=0.5, warmup_growth=None, max_relative_step=None,
+      learning_rate_bounds=(1e-8, 0.02),
+      plateau=optax.contrib.reduce_on_plateau(factor=0.5, patience=1))
+  params = jnp.ones(2)
+  state = tx.init(params)
+  for value in [1.0] + [1.0] * 6:
+    updates, state = tx.update(jnp.ones(2), state, params, value=jnp.asarray(value))
+    params = optax.apply_updates(params, updates)
+    assert float(state.learning_rate) <= 0.02 * float(state.plateau_scale) + 1e-12
+  assert float(state.plateau_scale) == 0.5 ** 6
+
+
+def test_without_value_the_plateau_is_not_fed():
+  tx = _fixed_rate(optax.contrib.reduce_on_plateau(factor=0.5, patience=1))
+  params = jnp.ones(2)
+  state = tx.init(params)
+  for _ in range(10):
+    _, state = tx.update(jnp.ones(2), state, params)
+  assert float(state.learning_rate) == 1.0
+
+
+def test_learning_rate_floor_stop_fires_at_the_right_step():
+  tx = nag_optax.auto_nag_sgd(
+      1.0, hypergradient_rate=0.0, warmup_growth=None, max_relative_step=None,
+      plateau=optax.contrib.reduce_on_plateau(factor=0.5, patience=2), min_learning_rate=0.2)
+  params = jnp.ones(2)
+  state = tx.init(params)
+  applied = []
+  for value in VALUES:
+    updates, state = tx.update(jnp.ones(2), state, params, value=jnp.asarray(value))
+    applied.append(bool(jnp.any(updates != 0)))
+  # The rate falls to 0.125 < 0.2 at call 8; the signal tests the rate before each step, so
+  # call 9 is the first one not applied.
+  first_off = EXPECTED_RATES.index(0.125) + 1
+  assert applied == [True] * first_off + [False] * (len(VALUES) - first_off)
+  assert nag_optax.stop_reason(state) == nag_optax.StopReason.MIN_LEARNING_RATE
+  assert bool(nag_optax.should_stop(state))
+
+
+def test_auto_nag_sgd_patience_stop():
+  tx = nag_optax.auto_nag_sgd(patience=3, plateau=None)
+  params = jnp.ones(2)
+  state = tx.init(params)
+  stops = []
+  for value in [5.0, 4.0, 4.5, 4.2, 4.1, 4.0]:
+    _, state = tx.update(jnp.ones(2), state, params, value=jnp.asarray(value))
+    stops.append(bool(nag_optax.should_stop(state)))
+  assert stops == [False, False, False, False, True, True]
+  assert nag_optax.stop_reason(state) == nag_optax.StopReason.PATIENCE
+
+
+def test_auto_nag_sgd_skips_nonfinite_gradients():
+  tx = nag_optax.auto_nag_sgd()
+  params = jnp.ones(3)
+  state = tx.init(params)
+  updates, state = tx.update(jnp.array([1.0, jnp.nan, 0.0]), state, params,
+                             value=jnp.asarray(1.0))
+  chex.assert_trees_all_equal(updates, jnp.zeros(3))
+  assert int(state.count) == 0
+
+
+# Minibatch training on digits: a small Flax NNX MLP, the loop users write.
+
+
+class _MLP(nnx.Module):
+
+  def __init__(self, rngs):
+    self.hidden = nnx.Linear(64, 32, rngs=rngs)
+    self.out = nnx.Linear(32, 10, rngs=rngs)
+
+  def __call__(self, x):
+    return self.out(jax.nn.relu(self.hidden(x)))
+
+
+def _digits():
+  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+  data = load_digits()
+  return jnp.asarray(data.data[:1024] / 16.0, jnp.float32), jnp.asarray(data.target[:1024])
+
+
+def _loss(model, x, y):
+  return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
+
+
+@pytest.mark.parametrize("learning_rate", [1e-4, 1e-3, 10.0])
+def test_nnx_training_reaches_a_loss_threshold(learning_rate):
+  x, y = _digits()
+  model = _MLP(nnx.Rngs(0))
+  optimizer = nnx.Optimizer(model, nag_optax.auto_nag_sgd(learning_rate), wrt=nnx.Param)
+
+  @nnx.jit
+  def step(model, optimizer, idx):
+    loss, grads = nnx.value_and_grad(_loss)(model, x[idx], y[idx])
+    optimizer.update(model, grads, value=loss)
+
+  rng = np.random.RandomState(0)
+  for idx in np.concatenate([rng.permutation(1024) for _ in range(10)]).reshape(-1, 64)[:150]:
+    step(model, optimizer, jnp.asarray(idx))
+  final = float(_loss(model, x, y))
+  assert final < 0.15, final
+
+
+def test_linen_train_state_without_value_reaches_a_loss_threshold():
+  x, y = _digits()
+  net = _MLP(nnx.Rngs(0))
+  graphdef, params = nnx.split(net, nnx.Param)
+  apply_fn = lambda p, xb: nnx.merge(graphdef, p)(xb)
+  state = train_state.TrainState.create(apply_fn=apply_fn, params=params,
+                                        tx=nag_optax.auto_nag_sgd())
+
+  @jax.jit
+  def step(state, idx):
+    loss_fn = lambda p: optax.softmax_cross_entropy_with_integer_labels(
+        apply_fn(p, x[idx]), y[idx]).mean()
+    return state.apply_gradients(grads=jax.grad(loss_fn)(state.params))
+
+  rng = np.random.RandomState(0)
+  for idx in np.concatenate([rng.permutation(1024) for _ in range(10)]).reshape(-1, 64)[:150]:
+    state = step(state, jnp.asarray(idx))
+  final = float(optax.softmax_cross_entropy_with_integer_labels(apply_fn(state.params, x),
+                                                                y).mean())
+  assert final < 0.15, final
