@@ -81,7 +81,8 @@ def auto_nag(
     *,
     initial_step: Optional[float] = None,
     safety: float = 1.0,
-    decay: float = 1.0,
+    decay: float = 0.9,
+    estimate: str = "cocoercive",
     schedule: str = "convex",
     restart: Optional[str] = "gradient",
     accumulator_dtype: Optional[Any] = None,
@@ -96,17 +97,21 @@ def auto_nag(
 ) -> optax.GradientTransformationExtraArgs:
   r"""Tuning-free accelerated gradient descent for full-batch (deterministic) problems.
 
-  ``stop_when(chain(scale_by_curvature(), nesterov(schedule="convex", restart="gradient")))``:
+  ``stop_when(chain(scale_by_curvature(decay=0.9, estimate="cocoercive"),
+  nesterov(schedule="convex", restart="gradient")))``: with ``dy = y_k - y_{k-1}`` and
+  ``dg = g_k - g_{k-1}``,
 
   .. math::
 
-    L_k = \max(L_{k-1}, \|g_k - g_{k-1}\| / \|y_k - y_{k-1}\|), \quad u_k = -g_k / L_k, \quad
-    m_{k+1} = b_{k-1} m_k + u_k, \quad \Delta y_k = u_k + b_k m_{k+1},
+    L_k = \max(0.9\, L_{k-1}, \|dg\|^2 / \langle dg, dy \rangle), \quad u_k = -g_k / L_k,
+    \quad m_{k+1} = b_{k-1} m_k + u_k, \quad \Delta y_k = u_k + b_k m_{k+1},
 
   with FISTA's ``b_k = (t_k - 1)/t_{k+1}``, reset to ``t = 1`` whenever the step goes uphill
   (``g_k . (x_{k+1} - x_k) > 0``, O'Donoghue & Candes). No learning rate and no momentum to
-  choose: the step comes from the curvature that consecutive gradients reveal, and restart
-  recovers the linear rate of strongly convex problems without knowing ``mu``.
+  choose: the step comes from the curvature that consecutive gradients reveal (the co-coercivity
+  estimate never exceeds L, so the step is never below ``1/L``; the decayed maximum lets it grow
+  by up to 11% per step where the curvature falls), and restart recovers the linear rate of
+  strongly convex problems without knowing ``mu``.
 
   Extra arguments: with ``value`` and ``value_fn`` (passed by :func:`minimize`, Optimistix and any
   Optax line-search loop) the first step is checked by backtracking, so a wild ``initial_step``
@@ -118,7 +123,9 @@ def auto_nag(
   Args:
     initial_step: the first step; ``None`` for a scale-free probe.
     safety: the step is ``safety / L_k``.
-    decay: forgetting factor of the curvature estimate (``1`` keeps the running maximum).
+    decay: forgetting factor of the curvature estimate (``1`` keeps the running maximum, so the
+      step never grows).
+    estimate: the two-point curvature estimate of :func:`scale_by_curvature`.
     schedule: momentum schedule of :func:`nesterov`.
     restart: restart scheme of :func:`nesterov`.
     accumulator_dtype: dtype of the momentum buffer.
@@ -143,7 +150,7 @@ def auto_nag(
     <https://arxiv.org/abs/1910.09529>`_, 2020.
   """
   inner = optax.chain(
-      step_size.scale_by_curvature(initial_step, safety=safety, decay=decay),
+      step_size.scale_by_curvature(initial_step, safety=safety, decay=decay, estimate=estimate),
       momentum_lib.nesterov(schedule=schedule, restart=restart,
                             accumulator_dtype=accumulator_dtype),
   )

@@ -13,21 +13,38 @@ from nag_optax._src import numerics
 from nag_optax._src import validation
 
 
+ESTIMATES = ("secant", "cocoercive")
+
+
 class ScaleByCurvatureState(NamedTuple):
   """State of :func:`scale_by_curvature`."""
   count: jax.Array  # int32: updates taken.
   learning_rate: jax.Array  # the step used at the latest update.
   curvature: jax.Array  # running estimate of L (max of decayed secant estimates); 0 before any.
+  peak_curvature: jax.Array  # the largest two-point estimate seen; L_k never exceeds it.
   function_evals: jax.Array  # int32: value_fn evaluations so far (first-step backtracking only).
   prev_params: Any  # the point of the previous gradient.
   prev_grad: Any  # the previous gradient.
 
 
-def _secant_curvature(params, prev_params, grad, prev_grad, dtype):
-  """||g_k - g_{k-1}|| / ||y_k - y_{k-1}||, or 0 where the points coincide or are non-finite."""
-  ds = numerics.norm(jax.tree.map(lambda a, b: a - b, params, prev_params), dtype)
-  dg = numerics.norm(jax.tree.map(lambda a, b: a - b, grad, prev_grad), dtype)
-  est = dg / jnp.where(ds > 0, ds, 1.0)
+def _secant_curvature(params, prev_params, grad, prev_grad, dtype, estimate="secant"):
+  """A curvature estimate from two points and their gradients that never exceeds L.
+
+  ``"secant"``: ``||g_k - g_{k-1}|| / ||y_k - y_{k-1}||``. ``"cocoercive"``:
+  ``||g_k - g_{k-1}||^2 / <g_k - g_{k-1}, y_k - y_{k-1}>``, which is at least the secant
+  (Cauchy-Schwarz) and at most L for a convex function with L-Lipschitz gradient (co-coercivity,
+  ``<dg, dy> >= ||dg||^2 / L``); where ``<dg, dy> <= 0`` (no convexity along the segment) it falls
+  back to the secant. 0 where the points coincide or the estimate is not finite.
+  """
+  dy = jax.tree.map(lambda a, b: a - b, params, prev_params)
+  dg = jax.tree.map(lambda a, b: a - b, grad, prev_grad)
+  ds = numerics.norm(dy, dtype)
+  dgn = numerics.norm(dg, dtype)
+  est = dgn / jnp.where(ds > 0, ds, 1.0)
+  if estimate == "cocoercive":
+    inner = numerics.vdot(dg, dy, dtype)
+    cocoercive = jnp.square(dgn) / jnp.where(inner > 0, inner, 1.0)
+    est = jnp.where(inner > 0, jnp.maximum(est, cocoercive), est)
   return jnp.where((ds > 0) & jnp.isfinite(est), est, 0.0)
 
 
@@ -46,24 +63,42 @@ def scale_by_curvature(
     *,
     safety: float = 1.0,
     decay: float = 1.0,
+    estimate: str = "secant",
     backtrack_first_step: bool = True,
     max_backtracking_steps: int = 40,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Step size from the local curvature seen by consecutive gradients (gradients only).
 
-  With the secant estimate ``ell_k = ||g_k - g_{k-1}|| / ||y_k - y_{k-1}||`` (which never exceeds
-  the Lipschitz constant L of the gradient), the curvature estimate and the step are
+  With a two-point estimate ``ell_k`` of the curvature between ``y_{k-1}`` and ``y_k`` that never
+  exceeds the Lipschitz constant L of the gradient, the curvature estimate and the step are
 
   .. math::
 
     L_k = \max(\text{decay} \cdot L_{k-1}, \ell_k), \qquad \eta_k = \text{safety} / L_k,
-    \qquad u_k = -\eta_k g_k .
+    \qquad u_k = -\eta_k g_k ,
+
+  except after an uphill move (``<g_k, y_k - y_{k-1}> > 0``), where the forgetting is undone:
+  ``L_k = max(min(L_{k-1} / decay, P_k), ell_k)`` with ``P_k`` the largest ``ell`` seen so far.
 
   With ``decay = 1`` the step only shrinks, and since ``L_k <= L`` it is never below ``safety/L``.
   An underestimate of L lets the stiffest components grow until the secant sees them, which then
   raises ``L_k``: the estimate corrects itself (the power-iteration effect), so the method never
   diverges on a smooth convex function. ``decay < 1`` lets the step grow again where the
-  curvature falls (e.g. logistic losses away from the origin).
+  curvature falls (e.g. logistic losses away from the origin): the step grows by at most
+  ``1/decay`` per downhill update and shrinks again by ``decay`` per uphill one, never below
+  ``safety / P_k >= safety / L``. Without that uphill rule the step would grow without bound
+  where the curvature vanishes (pseudo-Huber losses far from the minimum, clipped gradients) and
+  the iterates would oscillate with growing amplitude.
+
+  ``estimate`` picks ``ell_k`` (with ``dy = y_k - y_{k-1}``, ``dg = g_k - g_{k-1}``):
+
+  * ``"secant"``: ``||dg|| / ||dy||``.
+  * ``"cocoercive"``: ``||dg||^2 / <dg, dy>``, the inverse of the long Barzilai-Borwein step. By
+    co-coercivity of a convex L-smooth function (``<dg, dy> >= ||dg||^2 / L``) it never exceeds
+    L, and by Cauchy-Schwarz it is at least the secant: on a quadratic with Hessian A it is the
+    Rayleigh quotient of A at ``A^{1/2} dy``, which weights the stiff directions that limit the
+    step. It is the estimate that makes ``decay < 1`` safe under momentum. Where ``<dg, dy> <= 0``
+    it falls back to the secant.
 
   The first update, before any secant exists, uses ``initial_step`` or, when that is ``None``, a
   probe of relative length ``1e-4`` along ``-g``. When the extra arguments ``value`` and
@@ -78,6 +113,7 @@ def scale_by_curvature(
     initial_step: the first step; ``None`` for a scale-free probe.
     safety: the step is ``safety / L_k`` (``0 < safety <= 2``).
     decay: forgetting factor of the running maximum, in ``(0, 1]``.
+    estimate: ``"secant"`` or ``"cocoercive"`` (see above).
     backtrack_first_step: backtrack the first step when ``value`` and ``value_fn`` are passed.
     max_backtracking_steps: the most function evaluations of that first backtracking.
 
@@ -106,6 +142,7 @@ def scale_by_curvature(
                          low=0.0, low_inclusive=False)
   validation.check_range("safety", safety, low=0.0, high=2.0, low_inclusive=False)
   validation.check_range("decay", decay, low=0.0, high=1.0, low_inclusive=False)
+  validation.check_choice("estimate", estimate, ESTIMATES)
   validation.check_int("max_backtracking_steps", max_backtracking_steps, low=1, allow_none=False)
 
   def init_fn(params):
@@ -114,6 +151,7 @@ def scale_by_curvature(
         count=jnp.zeros((), jnp.int32),
         learning_rate=jnp.zeros((), dtype),
         curvature=jnp.zeros((), dtype),
+        peak_curvature=jnp.zeros((), dtype),
         function_evals=jnp.zeros((), jnp.int32),
         prev_params=optax.tree.zeros_like(params),
         prev_grad=optax.tree.zeros_like(params))
@@ -124,8 +162,15 @@ def scale_by_curvature(
       raise ValueError("scale_by_curvature needs params (the point where the gradient was taken).")
     dtype = state.learning_rate.dtype
     first = state.count == 0
-    secant = _secant_curvature(params, state.prev_params, updates, state.prev_grad, dtype)
-    curvature = jnp.where(first, 0.0, jnp.maximum(decay * state.curvature, secant))
+    secant = _secant_curvature(params, state.prev_params, updates, state.prev_grad, dtype,
+                               estimate)
+    peak = jnp.maximum(state.peak_curvature, secant)
+    # Forget only while the last move went downhill; after an uphill move (the new gradient
+    # points back along it) undo one forgetting, up to the largest estimate seen.
+    moved = jax.tree.map(lambda a, b: a - b, params, state.prev_params)
+    uphill = numerics.vdot(updates, moved, dtype) > 0
+    base = jnp.where(uphill, jnp.minimum(state.curvature / decay, peak), decay * state.curvature)
+    curvature = jnp.where(first, 0.0, jnp.maximum(base, secant))
     step = jnp.where(curvature > 0, safety / jnp.where(curvature > 0, curvature, 1.0),
                      jnp.where(first, _initial_step(initial_step, params, updates, dtype),
                                state.learning_rate))
@@ -137,7 +182,8 @@ def scale_by_curvature(
     new_updates = numerics.scale(jnp.where(accepted, -step, 0.0), updates)
     new_state = ScaleByCurvatureState(
         count=optax.safe_increment(state.count), learning_rate=step.astype(dtype),
-        curvature=curvature.astype(dtype), function_evals=state.function_evals + evals,
+        curvature=curvature.astype(dtype), peak_curvature=jnp.where(first, 0.0, peak).astype(dtype),
+        function_evals=state.function_evals + evals,
         prev_params=params,
         prev_grad=jax.tree.map(lambda g, p: g.astype(p.dtype), updates, state.prev_grad))
     return new_updates, new_state
