@@ -158,9 +158,10 @@ def nesterov(
       return jax.tree.map(lambda m, x: momentum.astype(m.dtype) * m + x.astype(m.dtype), trace, u)
 
     def unshared():
-      # The restart test's reduction gets its own copy of the elementwise chain: XLA's CPU
-      # reduction fusions do not duplicate a producer that the outputs also read, so a shared
-      # m_{k+1} (and u_k) would be written out as whole temporary arrays and read back.
+      # The restart test's reduction gets its own copy of m_{k+1}: XLA's CPU reduction fusions
+      # do not duplicate a producer that the outputs also read, so a shared m_{k+1} would be
+      # written out as a whole temporary array and read back. The barrier only hides that the
+      # inputs are the same (no copy, same arithmetic).
       trace, momentum_ = jax.lax.optimization_barrier((state.trace, state.momentum))
       return u, accumulate(trace, u, momentum_)
 
