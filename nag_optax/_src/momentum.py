@@ -161,7 +161,8 @@ def nesterov(
       # The restart test's reduction gets its own copy of m_{k+1}: XLA's CPU reduction fusions
       # do not duplicate a producer that the outputs also read, so a shared m_{k+1} would be
       # written out as a whole temporary array and read back. The barrier only hides that the
-      # inputs are the same (no copy, same arithmetic).
+      # inputs are the same: it copies nothing and the operations are the same, though XLA may
+      # round a recomputed m_{k+1} differently (a fused multiply-add), to within rounding.
       trace, momentum_ = jax.lax.optimization_barrier((state.trace, state.momentum))
       return u, accumulate(trace, u, momentum_)
 
