@@ -153,17 +153,29 @@ def nesterov(
     b = jnp.asarray(b).astype(dtype)
 
     u = numerics.cast(updates, accumulator_dtype)
-    new_trace = jax.tree.map(
-        lambda m, x: (state.momentum.astype(m.dtype) * m + x.astype(m.dtype)), state.trace, u)
+
+    def accumulate(trace, u, momentum):
+      return jax.tree.map(lambda m, x: momentum.astype(m.dtype) * m + x.astype(m.dtype), trace, u)
+
+    def unshared():
+      # The restart test's reduction gets its own copy of m_{k+1}: XLA's CPU reduction fusions
+      # do not duplicate a producer that the outputs also read, so a shared m_{k+1} would be
+      # written out as a whole temporary array and read back. The barrier only hides that the
+      # inputs are the same: it copies nothing and the operations are the same, though XLA may
+      # round a recomputed m_{k+1} differently (a fused multiply-add), to within rounding.
+      trace, momentum_ = jax.lax.optimization_barrier((state.trace, state.momentum))
+      return u, accumulate(trace, u, momentum_)
+
+    new_trace = accumulate(state.trace, u, state.momentum)
 
     if restart is None or (restart == "function" and value is None):
       restarting = jnp.zeros((), bool)
       step_norm = state.last_step_norm
     elif restart == "gradient":
-      restarting = numerics.vdot(u, new_trace, dtype) < 0
+      restarting = numerics.vdot(*unshared(), dtype) < 0
       step_norm = state.last_step_norm
     elif restart == "speed":
-      step_norm = numerics.norm(new_trace, dtype)
+      step_norm = numerics.norm(unshared()[1], dtype)
       restarting = jnp.logical_and(step_norm < state.last_step_norm,
                                    state.steps_since_restart >= min_restart_interval)
     else:  # function
