@@ -46,6 +46,19 @@ def test_flax_nnx_optimizer_with_value(name):
   assert losses[-1] < losses[0]
 
 
+def test_should_stop_reads_an_nnx_optimizer_state():
+  model = nnx.Linear(4, 1, rngs=nnx.Rngs(0))
+  optimizer = nnx.Optimizer(model, nag_optax.auto_nag_sgd(max_steps=3), wrt=nnx.Param)
+  x, y = _data()
+  stopped = []
+  for _ in range(5):
+    loss, grads = nnx.value_and_grad(_loss_fn)(model, x, y)
+    optimizer.update(model, grads, value=loss)
+    stopped.append(bool(nag_optax.should_stop(optimizer.opt_state)))
+  assert stopped == [False, False, False, True, True]
+  assert nag_optax.stop_reason(optimizer.opt_state) == nag_optax.StopReason.MAX_STEPS
+
+
 @pytest.mark.parametrize("name", OPTIMIZER_NAMES)
 def test_flax_linen_train_state_without_extra_args(name):
   params = {"w": jnp.zeros((4, 1)), "b": jnp.zeros(1)}

@@ -245,11 +245,20 @@ def _stop_states(state) -> list:
   return found
 
 
+def _unwrap(x):
+  """The array inside a framework's variable box (Flax NNX keeps optimizer state in
+  ``OptArray`` variables, e.g. ``nnx.Optimizer(...).opt_state``); arrays pass through."""
+  if not isinstance(x, (jax.Array, np.ndarray)) and hasattr(x, "value"):
+    return x.value
+  return x
+
+
 def should_stop(state) -> jax.Array:
   """The stopping signal of the (outermost) ``stop_when`` state found anywhere in ``state``.
 
-  Works on a chain's tuple, inside ``optax.inject_hyperparams`` or ``MultiSteps`` states, and
-  on batched (vmapped) states, where it returns one bool per problem.
+  Works on a chain's tuple, inside ``optax.inject_hyperparams`` or ``MultiSteps`` states, on
+  Flax NNX's ``optimizer.opt_state``, and on batched (vmapped) states, where it returns one bool
+  per problem.
 
   Examples:
     >>> import jax.numpy as jnp, optax, nag_optax
@@ -258,7 +267,7 @@ def should_stop(state) -> jax.Array:
     >>> bool(nag_optax.should_stop(state))
     False
   """
-  return _stop_states(state)[0].stop
+  return _unwrap(_stop_states(state)[0].stop)
 
 
 def stop_reason(state):
@@ -272,7 +281,7 @@ def stop_reason(state):
     >>> nag_optax.stop_reason(state)
     <StopReason.MAX_STEPS: 5>
   """
-  code = _stop_states(state)[0].reason
+  code = _unwrap(_stop_states(state)[0].reason)
   if isinstance(code, jax.core.Tracer) or np.ndim(code) != 0:
     return code
   return StopReason(int(code))
