@@ -102,9 +102,10 @@ def run_method(method: Method, model: str, data, params, batches, steps: int) ->
   best = min(range(len(per_value)),
              key=lambda i: (per_value[i]["median"], -per_value[i]["final_accuracy"]))
 
-  one = jax.jit(trainer)
   seed0 = jax.tree.map(lambda a: a[0], params)
   timed = min(TIMED_STEPS, steps) // core.EVAL_EVERY * core.EVAL_EVERY
+  one = jax.jit(core.make_trainer(model, data, method.make, timed, pass_value=method.pass_value,
+                                  eval_params=method.eval_params))
   hyper = jnp.float32(method.grid[best])
   jax.block_until_ready(one(seed0, batches[0, :timed], hyper))  # compile
   t0 = time.perf_counter()
