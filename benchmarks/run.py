@@ -5,6 +5,7 @@ import datetime
 import importlib
 import os
 import platform
+import shutil
 import sys
 import time
 
@@ -20,6 +21,7 @@ SUITES = {
 }
 
 RESULTS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
+PLOTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "plots")
 
 
 def _cpu_name() -> str:
@@ -99,8 +101,13 @@ def main(argv=None) -> None:
   print(f"Total wall time {seconds:.1f} s. Wrote {', '.join(args.suites)} .md/.json/.png "
         f"to {args.out}/.")
   if args.mode == "full":
+    os.makedirs(PLOTS_DIR, exist_ok=True)
+    for name in args.suites:
+      shutil.copyfile(os.path.join(args.out, f"{name}.png"), os.path.join(PLOTS_DIR, f"{name}.png"))
+    texts.append("## Plots\n\n" + "\n".join(
+        f"- [{name}](plots/{name}.png)" for name in args.suites) + "\n")
     write_results(texts, env, seconds)
-    print(f"Rewrote {RESULTS_PATH}.")
+    print(f"Rewrote {RESULTS_PATH} and {PLOTS_DIR}/.")
 
 
 if __name__ == "__main__":
