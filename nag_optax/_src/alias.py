@@ -171,6 +171,7 @@ def auto_nag_sgd(
     warmup_growth: Optional[float] = 2.0,
     max_relative_step: Optional[float] = 0.1,
     plateau: Optional[optax.GradientTransformation] = DEFAULT_PLATEAU,
+    per_leaf: bool = True,
     accumulator_dtype: Optional[Any] = None,
     min_learning_rate: Optional[float] = None,
     patience: Optional[int] = None,
@@ -179,9 +180,11 @@ def auto_nag_sgd(
 ) -> optax.GradientTransformationExtraArgs:
   r"""Tuning-free Nesterov SGD for minibatch training: the learning rate adjusts itself.
 
-  ``stop_when(chain(scale_by_hypergradient(plateau=reduce_on_plateau(...)), nesterov(0.9)))``:
-  the rate starts at ``learning_rate``, doubles while successive steps keep pointing the same
-  way, then follows the multiplicative hypergradient rule (grows while the new minibatch
+  ``stop_when(chain(scale_by_hypergradient(per_leaf=True, plateau=reduce_on_plateau(...)),
+  nesterov(0.9)))``:
+  one rate per parameter leaf (layer weight, bias), each starting at ``learning_rate``, doubling
+  while successive steps keep pointing the same way, then following the multiplicative
+  hypergradient rule (grows while the new minibatch
   gradient still points along the last applied step, shrinks when it points back), never moves
   the parameters by more than ``max_relative_step`` of their norm in one update, and is halved
   whenever the training loss (passed as ``value``) stops improving. The momentum is PyTorch /
@@ -207,7 +210,8 @@ def auto_nag_sgd(
   Args:
     learning_rate: the initial rate; any value in ``[1e-4, 10]`` works (see above).
     momentum: the Nesterov momentum coefficient.
-    hypergradient_rate, warmup_growth, max_relative_step: see :func:`scale_by_hypergradient`.
+    hypergradient_rate, warmup_growth, max_relative_step, per_leaf: see
+      :func:`scale_by_hypergradient`; one rate per parameter leaf by default.
     plateau: the decay on a plateau of the training loss, fed ``value``; by default
       ``optax.contrib.reduce_on_plateau(factor=0.5, patience=5, accumulation_size=50)`` (the
       loss averaged over windows of 50 minibatches, halved after 5 windows without a new best);
@@ -243,7 +247,7 @@ def auto_nag_sgd(
   inner = optax.chain(
       step_size.scale_by_hypergradient(
           learning_rate, hypergradient_rate=hypergradient_rate, warmup_growth=warmup_growth,
-          max_relative_step=max_relative_step, plateau=plateau),
+          max_relative_step=max_relative_step, plateau=plateau, per_leaf=per_leaf),
       momentum_lib.nesterov(momentum, accumulator_dtype=accumulator_dtype),
   )
   return stopping.stop_when(inner, max_steps=max_steps, patience=patience,

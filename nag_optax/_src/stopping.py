@@ -248,9 +248,11 @@ def _stop_states(state) -> list:
 def _unwrap(x):
   """The array inside a framework's variable box (Flax NNX keeps optimizer state in
   ``OptArray`` variables, e.g. ``nnx.Optimizer(...).opt_state``); arrays pass through."""
-  if not isinstance(x, (jax.Array, np.ndarray)) and hasattr(x, "value"):
-    return x.value
-  return x
+  if isinstance(x, (jax.Array, np.ndarray)):
+    return x
+  if hasattr(x, "get_value"):  # flax.nnx.Variable (its `.value` is deprecated)
+    return x.get_value()
+  return getattr(x, "value", x)
 
 
 def should_stop(state) -> jax.Array:
