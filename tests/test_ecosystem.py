@@ -141,7 +141,7 @@ def test_checkpoint_round_trip_resumes_bit_identically(name, tmp_path):
 
 
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (virtual) devices")
-@pytest.mark.parametrize("name", ["auto_nag", "nag", "stop_when_nag"])
+@pytest.mark.parametrize("name", ["auto_nag", "nag", "stop_when_nag", "auto_nag_sgd"])
 def test_sharded_params_give_sharded_state_and_single_device_results(name):
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ("data", "model"))
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data", "model"))
@@ -174,11 +174,15 @@ def test_sharded_params_give_sharded_state_and_single_device_results(name):
 
 
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (virtual) devices")
-def test_sharded_update_reduces_without_gathering_params():
+@pytest.mark.parametrize("spec", [("data", "model"), (None, "model")])
+@pytest.mark.parametrize("name", ["auto_nag", "auto_nag_sgd"])
+def test_sharded_update_reduces_without_gathering_params(name, spec):
+  # (None, "model") shards the minor axis only: a reshape/ravel before a reduction would force
+  # a gather there.
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ("data", "model"))
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data", "model"))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
   fun = lambda w: jnp.sum((w - 1.0) ** 2)
-  opt = nag_optax.auto_nag()
+  opt = test_common._make(name)
   params = jax.device_put(jnp.zeros((64, 32)), sharding)
   state = opt.init(params)
 

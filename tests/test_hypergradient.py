@@ -34,13 +34,15 @@ def _reference(x0, grad_fn, steps, *, lr0, beta, growth, rho, bounds, mu):
     new_eta = min(max(new_eta, lower), upper)
     cap = rho * max(np.linalg.norm(x), 1e-3) / np.linalg.norm(g)
     if cap < new_eta:
-      branches.add("cap")
-    new_eta = max(min(new_eta, cap), lower)
-    u = -new_eta * g
+      branches.add("cap during warm-up" if (warming or k < 1) else "cap after warm-up")
+    emitted = min(new_eta, cap)  # the cap limits the step; stored only at k = 0 / in warm-up
+    if warming or k < 1:
+      new_eta = max(emitted, lower)
+    u = -emitted * g
     m = mu * m + u
     prev_x, x, eta = x, x + u + mu * m, new_eta
     xs.append(x.copy())
-    etas.append(eta)
+    etas.append(new_eta)  # the stored (adapted) rate
   return np.array(xs), np.array(etas), branches
 
 
@@ -49,9 +51,11 @@ def test_matches_reference_loop():
   diag = np.array([1.0, 4.0, 30.0, 200.0])
   grad_fn = lambda x: diag * (x - 1.0) + 0.3 * np.sin(x)
   x0 = np.array([3.0, -2.0, 0.5, 2.0])
-  kwargs = dict(lr0=1e-4, beta=0.2, growth=3.0, rho=0.1, bounds=(1e-6, 0.02), mu=0.9)
+  kwargs = dict(lr0=1e-2, beta=0.2, growth=3.0, rho=0.1, bounds=(1e-6, 0.02), mu=0.9)
   want_x, want_eta, branches = _reference(x0, grad_fn, 40, **kwargs)
-  assert branches == {"warmup", "hypergradient", "cap"}, branches  # every rule is exercised
+  # Every rule is exercised.
+  assert branches == {"warmup", "hypergradient", "cap during warm-up", "cap after warm-up"}, \
+      branches
 
   tx = optax.chain(
       nag_optax.scale_by_hypergradient(
@@ -92,14 +96,17 @@ def _reference_per_leaf(x0, grad_fn, groups, steps, *, lr0, beta, growth, rho, b
       u[idx] = -new[i] * g[idx]
     cap = rho * max(np.linalg.norm(x), 1e-3)
     if np.linalg.norm(u) > cap:
-      new = np.maximum(new * cap / np.linalg.norm(u), lower)
+      emitted = new * cap / np.linalg.norm(u)
       for i, idx in enumerate(groups):
-        u[idx] = -new[i] * g[idx]
+        u[idx] = -emitted[i] * g[idx]
+        if warming[i] or k < 1:
+          new[i] = max(emitted[i], lower)
     etas = new
     m = mu * m + u
     prev_x, x = x, x + u + mu * m
     xs.append(x.copy())
-    effective.append(np.linalg.norm(u) / np.linalg.norm(g))
+    stored_u = np.concatenate([etas[i] * g[idx] for i, idx in enumerate(groups)])
+    effective.append(np.linalg.norm(stored_u) / np.linalg.norm(g))
   return np.array(xs), np.array(effective)
 
 
@@ -164,6 +171,51 @@ def test_relative_step_cap_tames_a_huge_initial_rate():
   updates, state = tx.update(grads, state, params)
   ratio = optax.tree.norm(updates) / optax.tree.norm(params)
   np.testing.assert_allclose(ratio, 0.05, rtol=1e-5)
+
+
+@pytest.mark.parametrize("scale", [1e15, 1e30, 3e38])
+def test_cap_holds_for_huge_gradients_and_beats_the_lower_bound(scale):
+  # ||g|| overflows float32 for the larger scales; the cap is computed on g / max|g|.
+  tx = nag_optax.scale_by_hypergradient(1.0, max_relative_step=0.1,
+                                        learning_rate_bounds=(1e-3, 10.0))
+  params = jnp.ones(4, jnp.float32)
+  state = tx.init(params)
+  updates, state = tx.update(jnp.full(4, scale, jnp.float32), state, params)
+  chex.assert_tree_all_finite(updates)
+  ratio = float(jnp.linalg.norm(updates / 1e3)) * 1e3 / float(jnp.linalg.norm(params))
+  assert ratio <= 0.1 * (1 + 1e-5), ratio
+
+
+def test_one_outlier_gradient_does_not_collapse_the_rate():
+  tx = nag_optax.auto_nag_sgd(1e-2, plateau=None, min_learning_rate=1e-4)
+  params = jnp.full(8, 3.0)
+  state = tx.init(params)
+  for k in range(40):
+    grad = 2 * params * (1e5 if k == 30 else 1.0)
+    updates, state = tx.update(grad, state, params)
+    params = optax.apply_updates(params, updates)
+  assert not bool(nag_optax.should_stop(state))
+  rates = state.inner_state[0].leaf_learning_rates
+  assert float(rates) > 1e-3, float(rates)  # grown from 1e-2 / shrunk a little, not 1e-6
+
+
+def test_a_nan_loss_never_reaches_the_plateau():
+  tx = _fixed_rate(optax.contrib.reduce_on_plateau(factor=0.5, patience=1))
+  params = jnp.ones(2)
+  state = tx.init(params)
+  _, state = tx.update(jnp.ones(2), state, params, value=jnp.asarray(1.0))
+  before = state.plateau
+  _, state = tx.update(jnp.ones(2), state, params, value=jnp.asarray(jnp.nan))
+  chex.assert_trees_all_equal(state.plateau, before)
+  assert float(state.plateau_scale) == 1.0
+
+
+def test_init_state_does_not_alias_the_params():
+  # A state sharing buffers with the params cannot be donated together with them.
+  params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}
+  state = nag_optax.auto_nag_sgd().init(params)
+  ids = {id(leaf) for leaf in jax.tree.leaves(params)}
+  assert not any(id(leaf) in ids for leaf in jax.tree.leaves(state))
 
 
 def test_warmup_ends_at_the_first_overshoot():
@@ -231,9 +283,9 @@ def test_plateau_decay_fires_at_the_right_step():
   np.testing.assert_allclose(state.plateau_scale, EXPECTED_RATES[-1])
 
 
-def test_plateau_is_not_undone_by_the_hypergradient():
+def test_plateau_decay_lowers_the_ceiling():
   # Gradients that keep pointing along the last step push the rate up by (1 + beta) a step;
-  # the decay multiplies the rate and the upper bound, so each halving still halves.
+  # each decay also multiplies the upper bound, which the rate never exceeds.
   tx = nag_optax.scale_by_hypergradient(
       0.01, hypergradient_rate=0.5, warmup_growth=None, max_relative_step=None,
       learning_rate_bounds=(1e-8, 0.02),

@@ -185,8 +185,8 @@ def auto_nag_sgd(
   ``learning_rate``, doubling while successive steps keep pointing the same way, then following
   the multiplicative hypergradient rule (it grows while the new minibatch gradient still points
   along the last applied step and shrinks when it points back); no update moves the parameters
-  by more than ``max_relative_step`` of their norm, and every rate is halved whenever the
-  training loss (passed as ``value``) stops improving. The momentum is PyTorch's /
+  by more than ``max_relative_step`` of their norm, and every rate (and its ceiling) is halved
+  whenever the training loss (passed as ``value``) stops improving. The momentum is PyTorch's /
   ``optax.sgd(nesterov=True)``'s. The full-batch step rules (curvature, backtracking, restart)
   assume exact gradients and values; this chain only averages cosines of noisy gradients. On
   the digits MLP and CNN benchmarks (``benchmarks/RESULTS.md``) it reaches the target accuracy
@@ -208,7 +208,8 @@ def auto_nag_sgd(
   Memory: two parameter-sized buffers (momentum and the previous parameters).
 
   Args:
-    learning_rate: the initial rate; any value in ``[1e-4, 10]`` works (see above).
+    learning_rate: the initial rate; any value in ``[1e-4, 10]`` works for float32 params (see
+      above and the precision note of :func:`scale_by_hypergradient`).
     momentum: the Nesterov momentum coefficient.
     hypergradient_rate, warmup_growth, max_relative_step, per_leaf: see
       :func:`scale_by_hypergradient`; one rate per parameter leaf by default.

@@ -337,7 +337,7 @@ def scale_by_backtracking(
 class ScaleByHypergradientState(NamedTuple):
   """State of :func:`scale_by_hypergradient`."""
   count: jax.Array  # int32: updates taken.
-  learning_rate: jax.Array  # the effective rate of the latest update, ||u|| / ||g||.
+  learning_rate: jax.Array  # the adapted rate over all leaves, ||eta g|| / ||g|| (cap excluded).
   hypergradient: jax.Array  # the latest cosine c_t between -g_t and the previous applied step.
   plateau_scale: jax.Array  # product of the plateau decays so far (1 without `plateau`).
   leaf_learning_rates: Any  # one rate per leaf of params (all equal unless per_leaf).
@@ -347,13 +347,17 @@ class ScaleByHypergradientState(NamedTuple):
 
 
 def _leaf_sums(a, b, dtype):
-  """Per leaf: (<a, b>, ||a||^2, ||b||^2), as lists in tree-leaf order, in ``dtype``."""
+  """Per leaf: (<a, b>, ||a||^2, ||b||^2), in tree-leaf order.
+
+  Elementwise products and full reductions (no reshape), so sharded leaves reduce across
+  devices without being gathered.
+  """
   dots, aa, bb = [], [], []
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    x, y = jnp.ravel(x).astype(dtype), jnp.ravel(y).astype(dtype)
-    dots.append(jnp.vdot(x, y))
-    aa.append(jnp.vdot(x, x))
-    bb.append(jnp.vdot(y, y))
+    x, y = x.astype(dtype), y.astype(dtype)
+    dots.append(jnp.sum(x * y))
+    aa.append(jnp.sum(x * x))
+    bb.append(jnp.sum(y * y))
   return dots, aa, bb
 
 
@@ -399,10 +403,12 @@ def scale_by_hypergradient(
     doubles (``warmup_growth``) at each update instead of growing by ``1 + beta``; the first
     non-positive ``c_t`` ends the phase for good. A start from ``1e-4`` reaches a useful rate
     in about a dozen steps instead of a hundred.
-  * **Relative step cap.** ``eta_t ||g_t|| <= max_relative_step * ||x_t||``: no single update
+  * **Relative step cap.** ``||u_t|| <= max_relative_step * ||x_t||``: no single update
     moves the parameters by more than that fraction of their norm (a global, LARS-like trust
-    ratio). A start at ``lr = 10`` is cut back to the cap at the first update instead of
-    blowing the network up.
+    ratio; computed on ``g / max|g|``, so it holds for any finite gradient). At the first
+    update and during the warm-up the capped rate is also stored: a start at ``lr = 10`` is
+    cut back to the cap instead of blowing the network up. Later the cap only clips the step
+    at hand, so one outlier minibatch does not collapse the adapted rate.
   * **Bounds.** The rate stays in ``learning_rate_bounds`` (the upper bound shrinks with the
     plateau decay).
   * **Non-finite input.** A non-finite gradient, step or cosine leaves the rate unchanged
@@ -414,13 +420,20 @@ def scale_by_hypergradient(
   that overshoots shrinks its own rate without dragging the others down. On the digits CNN this
   measured faster and more robust than one global rate (``benchmarks/RESULTS.md``); the warm-up
   is per leaf too, and the relative step cap stays global (it scales every leaf's rate by the
-  same factor). The state's ``learning_rate`` is then the effective rate ``||u_t|| / ||g_t||``.
+  same factor). The state's ``learning_rate`` is then the adapted rate over all leaves,
+  ``||eta_t g_t|| / ||g_t||``.
 
   ``plateau`` is an optional schedule on ``value`` such as
   ``optax.contrib.reduce_on_plateau(...)``: it is fed the loss at each update and each factor by
-  which it reduces its scale multiplies the rate (and its upper bound), so the decay is not
-  undone by the hypergradient. Without ``value`` (Flax ``TrainState``) the plateau is never fed
-  and the rate adapts from the gradients alone.
+  which it reduces its scale multiplies the rate and its upper bound. Between decays the
+  hypergradient may grow the rate again (by at most ``1 + beta`` per step, never above the
+  decayed upper bound); in the noise-dominated late phase of training ``c_t`` is mostly
+  negative and it does not. A non-finite ``value`` is not fed. Without ``value`` (Flax
+  ``TrainState``) the plateau is never fed and the rate adapts from the gradients alone.
+
+  Precision: the applied step is read from successive ``params``. With bfloat16 / float16
+  params, steps below their resolution leave ``params`` unchanged, ``c_t = 0``, and the rate
+  stops adapting; keep float32 master params (as mixed-precision training does anyway).
 
   Args:
     learning_rate: the initial rate (the warm-up and the cap correct a poor guess).
@@ -436,8 +449,8 @@ def scale_by_hypergradient(
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; its state exposes ``learning_rate``, the
-    effective rate ``||u_t|| / ||g_t||`` of the latest update (the rate itself without
-    ``per_leaf``), read by ``optax.tree.get`` and by ``stop_when(min_learning_rate=...)``, and
+    adapted rate ``||eta_t g_t|| / ||g_t||`` of the latest update before the cap's one-step
+    clip (the rate itself without ``per_leaf``), read by ``optax.tree.get`` and by ``stop_when(min_learning_rate=...)``, and
     ``leaf_learning_rates``. It needs ``params``.
 
   Examples:
@@ -481,7 +494,9 @@ def scale_by_hypergradient(
         hypergradient=jnp.zeros((), dtype), plateau_scale=jnp.ones((), dtype),
         leaf_learning_rates=jax.tree.map(lambda _: rate, params),
         warming_up=jax.tree.map(lambda _: jnp.asarray(warmup_growth is not None), params),
-        prev_params=params,
+        # Read only from the second update on (after it holds the previous params); fresh zeros,
+        # not the caller's arrays, so a state built by init can be donated with the params.
+        prev_params=optax.tree.zeros_like(params),
         plateau=plateau.init(jnp.ones((), dtype)) if plateau is not None else ())
 
   def update_fn(updates, state, params=None, *, value=None, **extra_args):
@@ -493,12 +508,19 @@ def scale_by_hypergradient(
     treedef = jax.tree.structure(updates)
     rates = jax.tree.leaves(state.leaf_learning_rates)
     warming = jax.tree.leaves(state.warming_up)
+    finite = numerics.all_finite(updates)
+    # Everything below reads gs = g / max|g| (two multiplications by 1/sqrt(max|g|), whose
+    # reciprocal stays a normal float), so no norm overflows for huge finite gradients; the
+    # cosines and the cap are scale-free in g.
+    gmax = jnp.max(jnp.stack([jnp.max(jnp.abs(g)).astype(dtype)
+                              for g in jax.tree.leaves(updates)]))
+    gmax = jnp.where(finite & (gmax > 0), gmax, 1.0)
+    rsq = jax.lax.rsqrt(gmax)
+    scaled = jax.tree.map(lambda g: g.astype(dtype) * rsq * rsq, updates)
     step = jax.tree.map(lambda p, q: p - q, params, state.prev_params)
-    dots, gg, dd = _leaf_sums(updates, step, dtype)
-    gnorm2 = sum(gg)
-    finite = jnp.isfinite(gnorm2) & jnp.isfinite(sum(dots)) & jnp.isfinite(sum(dd))
+    dots, gg, dd = _leaf_sums(scaled, step, dtype)
     use = finite & (state.count > 0)
-    global_cos = jnp.where(use, -_cos(sum(dots), gnorm2, sum(dd)), 0.0)
+    global_cos = jnp.where(use, -_cos(sum(dots), sum(gg), sum(dd)), 0.0)
     if per_leaf:
       cosines = [jnp.where(use, -_cos(*t), 0.0) for t in zip(dots, gg, dd)]
     else:
@@ -513,35 +535,45 @@ def scale_by_hypergradient(
 
     scale, plateau_state = state.plateau_scale, state.plateau
     if plateau is not None and value is not None:
-      unit, plateau_state = plateau.update(jnp.ones((), dtype), state.plateau, value=value)
-      new_scale = jnp.asarray(unit, dtype)
+      unit, new_plateau_state = plateau.update(jnp.ones((), dtype), state.plateau, value=value)
+      feed = finite & jnp.isfinite(jnp.asarray(value))  # a NaN loss never reaches the plateau
+      plateau_state = optax.tree.where(feed, new_plateau_state, state.plateau)
+      new_scale = jnp.where(feed, jnp.asarray(unit, dtype), scale)
       ratio = jnp.where(scale > 0, new_scale / jnp.where(scale > 0, scale, 1.0), 1.0)
       new_rates = [eta * ratio for eta in new_rates]
       scale = new_scale
     high = jnp.maximum(upper * scale, lower)
     new_rates = [jnp.clip(eta, lower, high) for eta in new_rates]
+    # A non-finite gradient leaves every rate as it was.
+    new_rates = [jnp.where(finite, new, old) for new, old in zip(new_rates, rates)]
 
-    # ||u|| for the rates so far, then the global cap on ||u|| / ||x||.
-    unorm = jnp.sqrt(sum(jnp.square(eta) * g2 for eta, g2 in zip(new_rates, gg)))
+    # The cap applies to the emitted step: ||u|| <= rho ||x||. With ||u|| = gmax * s and
+    # s = ||eta gs||, the step is u = -(eta k) gs with k = min(gmax, rho ||x|| / s): k = gmax
+    # is the plain u = -eta g. The cap is written back into the stored rates only at the first
+    # update and during the warm-up (it tames a wild initial guess and stops the doubling);
+    # later it clips single outlier steps without collapsing the rate adapted so far.
+    s_norm = jnp.sqrt(sum(jnp.square(eta) * g2 for eta, g2 in zip(new_rates, gg)))
+    gnorm_scaled = jnp.sqrt(sum(gg))
     if max_relative_step is not None:
       pnorm = jnp.maximum(numerics.norm(params, dtype), 1e-3)
-      cap = max_relative_step * pnorm
-      shrink = jnp.where(finite & (unorm > cap), cap / jnp.where(unorm > 0, unorm, 1.0), 1.0)
-      new_rates = [jnp.maximum(eta * shrink, lower) for eta in new_rates]
-      unorm = jnp.sqrt(sum(jnp.square(eta) * g2 for eta, g2 in zip(new_rates, gg)))
-    # Nothing non-finite reaches the rates: a non-finite gradient keeps them (c = 0 already, but
-    # the cap and the plateau must not read it either).
-    new_rates = [jnp.where(finite, new, old) for new, old in zip(new_rates, rates)]
-    scale = jnp.where(finite, scale, state.plateau_scale)
-    plateau_state = optax.tree.where(finite, plateau_state, state.plateau)
-    if per_leaf:
-      safe_g = jnp.sqrt(jnp.where(gnorm2 > 0, gnorm2, 1.0))
-      effective = jnp.where(finite & (gnorm2 > 0), unorm / safe_g, state.learning_rate)
+      k = jnp.minimum(gmax, max_relative_step * pnorm / jnp.where(s_norm > 0, s_norm, 1.0))
+      k = jnp.where(finite, k, gmax)
+      multipliers = [eta * k for eta in new_rates]
+      emitted = [eta * (k / gmax) for eta in new_rates]  # may underflow only for |g| ~ 1e38
+      new_rates = [jnp.where((state.count < 1) | w, jnp.maximum(e, lower), eta)
+                   for w, e, eta in zip(warming, emitted, new_rates)]
+      new_updates = jax.tree.map(lambda m, g: (-m * g).astype(g.dtype).reshape(g.shape),
+                                 jax.tree.unflatten(treedef, multipliers), scaled)
+      s_norm = jnp.sqrt(sum(jnp.square(eta) * g2 for eta, g2 in zip(new_rates, gg)))
     else:
-      effective = new_rates[0]
+      new_updates = jax.tree.map(lambda eta, g: (-eta * g.astype(dtype)).astype(g.dtype),
+                                 jax.tree.unflatten(treedef, new_rates), updates)
+    # The adapted (stored) rate over all leaves, ||eta g|| / ||g||: the rate itself without
+    # per_leaf. A one-step clip by the cap is not a decayed rate, so it is not reported here.
+    effective_now = s_norm / jnp.where(gnorm_scaled > 0, gnorm_scaled, 1.0)
+    effective = jnp.where(finite & (gnorm_scaled > 0), effective_now, state.learning_rate)
+    new_updates = jax.tree.map(lambda u, g: u.astype(g.dtype), new_updates, updates)
 
-    new_updates = jax.tree.map(lambda eta, g: (-eta * g.astype(dtype)).astype(g.dtype),
-                               jax.tree.unflatten(treedef, new_rates), updates)
     new_state = ScaleByHypergradientState(
         count=optax.safe_increment(state.count), learning_rate=effective.astype(dtype),
         hypergradient=global_cos.astype(dtype), plateau_scale=scale.astype(dtype),
