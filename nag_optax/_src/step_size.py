@@ -407,8 +407,9 @@ def scale_by_hypergradient(
     moves the parameters by more than that fraction of their norm (a global, LARS-like trust
     ratio; computed on ``g / max|g|``, so it holds for any finite gradient). At the first
     update and during the warm-up the capped rate is also stored: a start at ``lr = 10`` is
-    cut back to the cap instead of blowing the network up. Later the cap only clips the step
-    at hand, so one outlier minibatch does not collapse the adapted rate.
+    cut back to the cap instead of blowing the network up. Later the stored rate follows the
+    cap down by at most a factor 2 per step, so one outlier minibatch does not collapse the
+    adapted rate.
   * **Bounds.** The rate stays in ``learning_rate_bounds`` (the upper bound shrinks with the
     plateau decay).
   * **Non-finite input.** A non-finite gradient, step or cosine leaves the rate unchanged
@@ -549,9 +550,10 @@ def scale_by_hypergradient(
 
     # The cap applies to the emitted step: ||u|| <= rho ||x||. With ||u|| = gmax * s and
     # s = ||eta gs||, the step is u = -(eta k) gs with k = min(gmax, rho ||x|| / s): k = gmax
-    # is the plain u = -eta g. The cap is written back into the stored rates only at the first
-    # update and during the warm-up (it tames a wild initial guess and stops the doubling);
-    # later it clips single outlier steps without collapsing the rate adapted so far.
+    # is the plain u = -eta g. The capped rate is stored at the first update and during the
+    # warm-up (it tames a wild initial guess and stops the doubling); later the stored rate
+    # follows the cap down by at most a factor 2 per step, so one outlier minibatch does not
+    # collapse it while a cap that keeps binding still brings it down within a few steps.
     s_norm = jnp.sqrt(sum(jnp.square(eta) * g2 for eta, g2 in zip(new_rates, gg)))
     gnorm_scaled = jnp.sqrt(sum(gg))
     if max_relative_step is not None:
@@ -560,7 +562,8 @@ def scale_by_hypergradient(
       k = jnp.where(finite, k, gmax)
       multipliers = [eta * k for eta in new_rates]
       emitted = [eta * (k / gmax) for eta in new_rates]  # may underflow only for |g| ~ 1e38
-      new_rates = [jnp.where((state.count < 1) | w, jnp.maximum(e, lower), eta)
+      new_rates = [jnp.maximum(jnp.where((state.count < 1) | w, e, jnp.maximum(e, 0.5 * eta)),
+                               lower)
                    for w, e, eta in zip(warming, emitted, new_rates)]
       new_updates = jax.tree.map(lambda m, g: (-m * g).astype(g.dtype).reshape(g.shape),
                                  jax.tree.unflatten(treedef, multipliers), scaled)
