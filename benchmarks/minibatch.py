@@ -33,6 +33,7 @@ SGD_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
 ADAM_GRID = (3e-4, 1e-3, 3e-3, 1e-2)
 ROBUST_LRS = (1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0)
 TIMED_STEPS = 200  # steps of the single-seed run that measures wall time per step
+TIMING_REPEATS = 3
 AUTO = "nag_optax.auto_nag_sgd()"
 AUTO_NO_VALUE = "nag_optax.auto_nag_sgd() without value (linen TrainState)"
 SGD = "optax.sgd(nesterov=True) 0.9, best of lr grid"
@@ -108,9 +109,12 @@ def run_method(method: Method, model: str, data, params, batches, steps: int) ->
                                   eval_params=method.eval_params))
   hyper = jnp.float32(method.grid[best])
   jax.block_until_ready(one(seed0, batches[0, :timed], hyper))  # compile
-  t0 = time.perf_counter()
-  jax.block_until_ready(one(seed0, batches[0, :timed], hyper))
-  per_step = (time.perf_counter() - t0) / timed
+  times = []
+  for _ in range(TIMING_REPEATS):  # the best of a few: the machine is shared
+    t0 = time.perf_counter()
+    jax.block_until_ready(one(seed0, batches[0, :timed], hyper))
+    times.append(time.perf_counter() - t0)
+  per_step = min(times) / timed
   return dict(values=per_value, best=best, grid_s=grid_s, step_s=per_step)
 
 
@@ -276,10 +280,15 @@ methods; "-" = not reached within the run). Grids: sgd-nesterov lr {SGD_GRID}, a
 {ADAM_GRID}; every value runs on every seed and the best median is shown. `auto_nag_sgd()` is
 called with no argument and gets `value=loss` like Flax NNX's `optimizer.update(model, grads,
 value=loss)`; the "without value" row is what linen's `TrainState.apply_gradients` gives it.
-ms/step: one seed, {TIMED_STEPS} steps after compilation, evaluation included, this machine's
+ms/step: one seed, {TIMED_STEPS} steps after compilation (best of {TIMING_REPEATS} runs), evaluation included, this machine's
 {jax.default_backend()} backend. float64 is off for this suite.
 """
   notes = [
+      f"Steps to target move in blocks of {core.EVAL_EVERY} (the evaluation interval), so a "
+      "difference of one block is within the seed-to-seed spread shown per seed.",
+      "auto_nag_sgd's defaults (hypergradient rate, cap, per-leaf rates) were chosen on these "
+      "two models, seeds and test split, like the grids' best rates: the comparison is "
+      "in-sample for every row; there is no separate validation split.",
       "ANCHORS.md measured 2 seeds and an lr grid without 1.0; schedule_free_sgd is evaluated "
       "here at its averaged parameters (`schedule_free_eval_params`), the way it is meant to be "
       "used, where ANCHORS evaluated the training parameters.",
