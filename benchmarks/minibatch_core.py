@@ -11,7 +11,6 @@ steps), ``vmap``-ed over seeds (and, for a learning-rate grid, over learning rat
 functional NNX API (``nnx.split`` / ``nnx.merge``) with float32 parameters.
 """
 
-import functools
 from typing import Callable, Optional
 
 import jax
@@ -109,8 +108,8 @@ def make_trainer(model: str, data, make_optimizer: Callable[..., optax.GradientT
 
   ``make_optimizer(*hyper)`` builds the optimizer from traced hyperparameters (so a grid is a
   ``vmap``). The returned dict holds ``accuracy`` and ``loss`` per evaluation block (the test
-  accuracy after each block and the mean training loss within it), and the final state's
-  ``learning_rate`` leaves if it has any (their product per evaluation block as ``lr``).
+  accuracy after each block and the mean training loss within it), and, as ``lr``, the state's
+  ``learning_rate`` after each block (NaN for optimizers without one).
   ``eval_params(params, state)`` maps training params to the params to evaluate
   (schedule-free's averaged iterate); the identity by default.
   """
@@ -129,10 +128,7 @@ def make_trainer(model: str, data, make_optimizer: Callable[..., optax.GradientT
   def learning_rate(state):
     leaves = [v for _, v in optax.tree.get_all_with_path(
         state, "learning_rate", filtering=lambda _, v: isinstance(v, jax.Array))]
-    if not leaves:
-      return jnp.float32(jnp.nan)
-    return functools.reduce(lambda a, b: a * b, [jnp.ravel(v)[0].astype(jnp.float32)
-                                                 for v in leaves])
+    return jnp.ravel(leaves[0])[0].astype(jnp.float32) if leaves else jnp.float32(jnp.nan)
 
   def run_one(params, batches, *hyper):
     opt = make_optimizer(*hyper)
@@ -144,20 +140,17 @@ def make_trainer(model: str, data, make_optimizer: Callable[..., optax.GradientT
       value, grads = jax.value_and_grad(loss_fn)(params, xb, yb)
       extra = {"value": value} if pass_value else {}
       updates, state = opt.update(grads, state, params, **extra)
-      cos = [v for _, v in optax.tree.get_all_with_path(
-          state, "hypergradient", filtering=lambda _, v: isinstance(v, jax.Array))]
-      cos = cos[0].astype(jnp.float32) if cos else jnp.float32(jnp.nan)
-      return (optax.apply_updates(params, updates), state), (value, cos)
+      return (optax.apply_updates(params, updates), state), value
 
     def block(carry, block_batches):
-      carry, (values, cos) = jax.lax.scan(step, carry, block_batches)
+      carry, values = jax.lax.scan(step, carry, block_batches)
       params, state = carry
       shown = eval_params(params, state) if eval_params else params
-      return carry, (accuracy(shown), jnp.mean(values), learning_rate(state), jnp.mean(cos))
+      return carry, (accuracy(shown), jnp.mean(values), learning_rate(state))
 
     batches = batches[:blocks * EVAL_EVERY].reshape(blocks, EVAL_EVERY, -1)
-    _, (acc, loss, lr, cos) = jax.lax.scan(block, (params, state), batches)
-    return {"accuracy": acc, "loss": loss, "lr": lr, "hypergradient": cos}
+    _, (acc, loss, lr) = jax.lax.scan(block, (params, state), batches)
+    return {"accuracy": acc, "loss": loss, "lr": lr}
 
   return jax.jit(run_one)
 

@@ -554,7 +554,8 @@ def scale_by_hypergradient(
     # warm-up (it tames a wild initial guess and stops the doubling); later the stored rate
     # follows the cap down by at most a factor 2 per step, so one outlier minibatch does not
     # collapse it while a cap that keeps binding still brings it down within a few steps.
-    s_norm = jnp.sqrt(sum(jnp.square(eta) * g2 for eta, g2 in zip(new_rates, gg)))
+    step_norm = lambda rates: jnp.sqrt(sum(jnp.square(eta) * g2 for eta, g2 in zip(rates, gg)))
+    s_norm = step_norm(new_rates)
     gnorm_scaled = jnp.sqrt(sum(gg))
     if max_relative_step is not None:
       pnorm = jnp.maximum(numerics.norm(params, dtype), 1e-3)
@@ -565,9 +566,9 @@ def scale_by_hypergradient(
       new_rates = [jnp.maximum(jnp.where((state.count < 1) | w, e, jnp.maximum(e, 0.5 * eta)),
                                lower)
                    for w, e, eta in zip(warming, emitted, new_rates)]
-      new_updates = jax.tree.map(lambda m, g: (-m * g).astype(g.dtype).reshape(g.shape),
-                                 jax.tree.unflatten(treedef, multipliers), scaled)
-      s_norm = jnp.sqrt(sum(jnp.square(eta) * g2 for eta, g2 in zip(new_rates, gg)))
+      new_updates = jax.tree.map(lambda m, gs, g: (-m * gs).astype(g.dtype),
+                                 jax.tree.unflatten(treedef, multipliers), scaled, updates)
+      s_norm = step_norm(new_rates)
     else:
       new_updates = jax.tree.map(lambda eta, g: (-eta * g.astype(dtype)).astype(g.dtype),
                                  jax.tree.unflatten(treedef, new_rates), updates)
@@ -575,7 +576,6 @@ def scale_by_hypergradient(
     # per_leaf. A one-step clip by the cap is not a decayed rate, so it is not reported here.
     effective_now = s_norm / jnp.where(gnorm_scaled > 0, gnorm_scaled, 1.0)
     effective = jnp.where(finite & (gnorm_scaled > 0), effective_now, state.learning_rate)
-    new_updates = jax.tree.map(lambda u, g: u.astype(g.dtype), new_updates, updates)
 
     new_state = ScaleByHypergradientState(
         count=optax.safe_increment(state.count), learning_rate=effective.astype(dtype),
