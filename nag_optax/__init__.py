@@ -1,6 +1,7 @@
 """nag_optax: Nesterov-accelerated gradient descent that tunes itself, as Optax transformations."""
 
 from nag_optax._src.alias import auto_nag
+from nag_optax._src.alias import auto_nadamw
 from nag_optax._src.alias import auto_nag_sgd
 from nag_optax._src.alias import nag
 from nag_optax._src.momentum import NesterovState
@@ -11,10 +12,12 @@ from nag_optax._src.solve import minimize
 from nag_optax._src.solve import progress_bar
 from nag_optax._src.step_size import ScaleByBacktrackingState
 from nag_optax._src.step_size import ScaleByCurvatureState
-from nag_optax._src.step_size import ScaleByHypergradientState
+from nag_optax._src.hypergradient import ScaleByDistanceState
+from nag_optax._src.hypergradient import ScaleByHypergradientState
 from nag_optax._src.step_size import scale_by_backtracking
 from nag_optax._src.step_size import scale_by_curvature
-from nag_optax._src.step_size import scale_by_hypergradient
+from nag_optax._src.hypergradient import scale_by_distance
+from nag_optax._src.hypergradient import scale_by_hypergradient
 from nag_optax._src.stopping import StopReason
 from nag_optax._src.stopping import StopWhenState
 from nag_optax._src.stopping import should_stop
@@ -27,9 +30,11 @@ __all__ = (
     "NesterovState",
     "ScaleByBacktrackingState",
     "ScaleByCurvatureState",
+    "ScaleByDistanceState",
     "ScaleByHypergradientState",
     "Solution",
     "auto_nag",
+    "auto_nadamw",
     "auto_nag_sgd",
     "StopReason",
     "StopWhenState",
@@ -40,6 +45,7 @@ __all__ = (
     "progress_bar",
     "scale_by_backtracking",
     "scale_by_curvature",
+    "scale_by_distance",
     "scale_by_hypergradient",
     "should_stop",
     "stop_reason",

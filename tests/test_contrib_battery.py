@@ -26,11 +26,7 @@ import nag_optax
 # (optimizer name, case) -> why it fails today; a case is a target name of ``test_optimizers`` or
 # "extra_args" (``test_optimizers_accept_extra_args``). Strict xfail: an entry that starts
 # passing fails the suite, so delete it then. Every case not listed here must pass.
-KNOWN_FAILURES = {
-    ("auto_nag_sgd", "rosenbrock"): (
-        "auto_nag_sgd's hypergradient rate collapses to its 1e-8 floor on Rosenbrock; "
-        "iterate stops near (0.92, 0.85) instead of (1, 1)"),
-}
+KNOWN_FAILURES = {}
 
 NUM_STEPS = 30_000  # as in optax's test_optimizers
 RTOL = ATOL = 3e-2  # as in optax's test_optimizers
@@ -42,9 +38,8 @@ DTYPE = jnp.float32  # optax's test_optimizers runs dtype=('float32',) only
 OPTIMIZERS = {
     "prodigy": (lambda: optax.contrib.prodigy(learning_rate=1e-1), False),  # battery's kwargs
     "auto_nag_sgd": (lambda: nag_optax.auto_nag_sgd(), True),
+    "auto_nadamw": (lambda: nag_optax.auto_nadamw(), True),
 }
-if hasattr(nag_optax, "auto_nadamw"):
-  OPTIMIZERS["auto_nadamw"] = (lambda: nag_optax.auto_nadamw(), True)
 
 
 def _sq(x):

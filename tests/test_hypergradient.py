@@ -185,8 +185,19 @@ def test_cap_holds_for_huge_gradients_and_beats_the_lower_bound(scale):
   assert ratio <= 0.1 * (1 + 1e-5), ratio
 
 
+def _hypergradient_sgd(learning_rate=1e-3, *, hypergradient_rate=0.1, warmup_growth=2.0,
+                       max_relative_step=0.1, plateau=None, min_learning_rate=None):
+  """The hypergradient Nesterov SGD that auto_nag_sgd was up to 0.1 (per-leaf rates)."""
+  inner = optax.chain(
+      nag_optax.scale_by_hypergradient(
+          learning_rate, hypergradient_rate=hypergradient_rate, warmup_growth=warmup_growth,
+          max_relative_step=max_relative_step, plateau=plateau, per_leaf=True),
+      nag_optax.nesterov(0.9))
+  return nag_optax.stop_when(inner, min_learning_rate=min_learning_rate)
+
+
 def test_one_outlier_gradient_does_not_collapse_the_rate():
-  tx = nag_optax.auto_nag_sgd(1e-2, plateau=None, min_learning_rate=1e-4)
+  tx = _hypergradient_sgd(1e-2, min_learning_rate=1e-4)
   params = jnp.full(8, 3.0)
   state = tx.init(params)
   for k in range(40):
@@ -308,7 +319,7 @@ def test_without_value_the_plateau_is_not_fed():
 
 
 def test_learning_rate_floor_stop_fires_at_the_right_step():
-  tx = nag_optax.auto_nag_sgd(
+  tx = _hypergradient_sgd(
       1.0, hypergradient_rate=0.0, warmup_growth=None, max_relative_step=None,
       plateau=optax.contrib.reduce_on_plateau(factor=0.5, patience=2), min_learning_rate=0.2)
   params = jnp.ones(2)

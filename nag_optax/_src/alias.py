@@ -5,6 +5,7 @@ from typing import Any, Optional
 import optax
 
 from nag_optax._src import momentum as momentum_lib
+from nag_optax._src import hypergradient
 from nag_optax._src import step_size
 from nag_optax._src import stopping
 from nag_optax._src import validation
@@ -159,68 +160,65 @@ def auto_nag(
                             min_learning_rate=min_learning_rate, max_nonfinite=max_nonfinite)
 
 
-# auto_nag_sgd's plateau decay (built once; a transformation is immutable).
-DEFAULT_PLATEAU = optax.contrib.reduce_on_plateau(factor=0.5, patience=5, accumulation_size=50)
+# The bounded annealing of auto_nag_sgd / auto_nadamw: the step is halved after 5 windows of 50
+# updates without a new lowest mean training loss, down to a tenth of the distance-based rate at
+# most (built once; a transformation is immutable).
+DEFAULT_PLATEAU = optax.contrib.reduce_on_plateau(factor=0.5, patience=5, accumulation_size=50,
+                                                  min_scale=0.1)
 
 
 def auto_nag_sgd(
-    learning_rate: float = 1e-3,
+    learning_rate: float = 1e-6,
     momentum: float = 0.9,
     *,
-    hypergradient_rate: float = 0.1,
-    warmup_growth: Optional[float] = 2.0,
+    accumulator_dtype: Optional[Any] = None,
     max_relative_step: Optional[float] = 0.1,
     plateau: Optional[optax.GradientTransformation] = DEFAULT_PLATEAU,
-    per_leaf: bool = True,
-    accumulator_dtype: Optional[Any] = None,
     min_learning_rate: Optional[float] = None,
     patience: Optional[int] = None,
+    validation_patience: Optional[int] = None,
     max_steps: Optional[int] = None,
     max_nonfinite: int = 5,
 ) -> optax.GradientTransformationExtraArgs:
-  r"""Tuning-free Nesterov SGD for minibatch training: the learning rate adjusts itself.
+  r"""Tuning-free Nesterov SGD for minibatch training: the learning rate sets itself.
 
-  ``stop_when(chain(scale_by_hypergradient(per_leaf=True, plateau=reduce_on_plateau(...)),
-  nesterov(0.9)))``: one rate per parameter leaf (layer weight, bias), each starting at
-  ``learning_rate``, doubling while successive steps keep pointing the same way, then following
-  the multiplicative hypergradient rule (it grows while the new minibatch gradient still points
-  along the last applied step and shrinks when it points back); no update moves the parameters
-  by more than ``max_relative_step`` of their norm, and every rate (and its ceiling) is halved
-  whenever the training loss (passed as ``value``) stops improving. The momentum is PyTorch's /
-  ``optax.sgd(nesterov=True)``'s. The full-batch step rules (curvature, backtracking, restart)
-  assume exact gradients and values; this chain only averages cosines of noisy gradients. On
-  the digits MLP and CNN benchmarks (``benchmarks/RESULTS.md``) it reaches the target accuracy
-  at its default rate in about as many steps as the best rate of a tuned
-  ``optax.sgd(nesterov=True)`` grid, and from initial rates between ``1e-4`` and ``10`` within
-  2x of that.
+  ``stop_when(chain(scale_by_distance(step_scale=1 - momentum), nesterov(momentum)))``: the
+  step direction is the minibatch gradient over its running root mean square,
+  ``a_k = g_k / sqrt(v_k)``, and the rate is the distance estimate ``d_k`` of
+  :func:`scale_by_distance` (Prodigy's D: the gradients against the displacement from the start,
+  accumulated over the whole run), which starts at ``learning_rate`` and grows until it matches
+  the distance the training has to travel; it never decreases, so it cannot collapse under
+  minibatch noise. Nesterov's lookahead momentum (PyTorch's / ``optax.sgd(nesterov=True)``'s
+  form) sums the steps ``u_k = -(1 - b) d_k a_k``, so the effective step is ``d_k a_k``.
 
-  Works in every Optax / Flax loop: Flax NNX ``optimizer.update(model, grads, value=loss)`` feeds
-  the plateau decay; Flax linen ``TrainState.apply_gradients(grads=...)`` passes no ``value`` and
-  the rate then adapts from the gradients alone. A non-finite gradient skips the update (state
-  kept); ``max_nonfinite`` of them in a row stop the run (:func:`stop_when`).
+  Annealing, bounded: with the training loss passed as ``value`` (Flax NNX
+  ``optimizer.update(model, grads, value=loss)``), the step is halved whenever the loss averaged
+  over windows of 50 updates has not set a new low for 5 windows, down to a tenth of the distance
+  rate at most (``optax.contrib.reduce_on_plateau(0.5, 5, accumulation_size=50,
+  min_scale=0.1)``): enough to settle into a narrow valley (Optax's Rosenbrock check), never a
+  collapse. Without ``value`` the rate is the distance estimate alone.
 
-  Stopping: with ``min_learning_rate`` the signal fires once the plateau decay (or the
-  hypergradient) has taken the rate below that floor: the seed scenario "train until the learning
-  rate has decayed away". ``patience`` and ``max_steps`` are :func:`stop_when`'s. None is set by
-  default, so a fixed-length training loop trains to the end; after a stop the updates are
-  exactly zero and :func:`should_stop` tells the loop.
+  Works in every Optax / Flax loop: no extra argument is needed (Flax linen's ``TrainState``
+  passes none). A non-finite gradient skips the update (state kept); ``max_nonfinite`` of them
+  in a row stop the run (:func:`stop_when`).
 
-  Memory: two parameter-sized buffers (momentum and the previous parameters).
+  Stopping (none is set by default, so a fixed-length loop trains to the end; after a stop the
+  updates are exactly zero and :func:`should_stop` tells the loop): ``validation_patience``
+  stops once the ``validation_loss`` extra argument has not improved for that many updates (pass
+  the latest measured validation loss at every update); ``patience`` does the same on the
+  training loss ``value``; ``max_steps`` and ``min_learning_rate`` are :func:`stop_when`'s.
+
+  Memory: three parameter-sized buffers (momentum, the first params, the weighted gradient sum).
 
   Args:
-    learning_rate: the initial rate; any value in ``[1e-4, 10]`` works for float32 params (see
-      above and the precision note of :func:`scale_by_hypergradient`).
-    momentum: the Nesterov momentum coefficient.
-    hypergradient_rate, warmup_growth, max_relative_step, per_leaf: see
-      :func:`scale_by_hypergradient`; one rate per parameter leaf by default.
-    plateau: the decay on a plateau of the training loss, fed ``value``; by default
-      ``optax.contrib.reduce_on_plateau(factor=0.5, patience=5, accumulation_size=50)`` (the
-      loss averaged over windows of 50 minibatches, halved after 5 windows without a new best);
-      ``None`` for no decay. A transformation, not numbers, so ``optax.inject_hyperparams``
-      leaves it static.
+    learning_rate: the initial rate estimate; any value from ``1e-8`` to ``1`` (a small one grows
+      within tens of steps, a large one is cut to ``max_relative_step`` of the params' rms).
+    momentum: the Nesterov momentum coefficient in ``[0, 1)``.
     accumulator_dtype: dtype of the momentum buffer.
-    min_learning_rate, patience, max_steps, max_nonfinite: the stopping signal
-      (:func:`stop_when`).
+    max_relative_step: the cap on the first step relative to the params' rms.
+    plateau: the bounded annealing on the training loss ``value`` (see above); ``None`` for none.
+    min_learning_rate, patience, validation_patience, max_steps, max_nonfinite: the stopping
+      signal (:func:`stop_when`).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with a stopping signal; ``optax.tree.get(state,
@@ -232,7 +230,7 @@ def auto_nag_sgd(
     >>> params = {"w": jnp.ones(3)}
     >>> state = tx.init(params)
     >>> loss = lambda p: jnp.sum((p["w"] - 2.0) ** 2)
-    >>> for _ in range(100):
+    >>> for _ in range(200):
     ...   value, grads = jax.value_and_grad(loss)(params)
     ...   updates, state = tx.update(grads, state, params, value=value)
     ...   params = optax.apply_updates(params, updates)
@@ -240,16 +238,109 @@ def auto_nag_sgd(
     True
 
   References:
-    Baydin et al., `Online learning rate adaptation with hypergradient descent
-    <https://arxiv.org/abs/1703.04782>`_, ICLR 2018.
+    Mishchenko & Defazio, `Prodigy <https://arxiv.org/abs/2306.06101>`_, ICML 2024.
     Sutskever, Martens, Dahl & Hinton, `On the importance of initialization and momentum in
     deep learning <https://proceedings.mlr.press/v28/sutskever13.html>`_, ICML 2013.
   """
+  validation.check_range("momentum", momentum, low=0.0, high=1.0, high_inclusive=False)
   inner = optax.chain(
-      step_size.scale_by_hypergradient(
-          learning_rate, hypergradient_rate=hypergradient_rate, warmup_growth=warmup_growth,
-          max_relative_step=max_relative_step, plateau=plateau, per_leaf=per_leaf),
+      hypergradient.scale_by_distance(learning_rate, step_scale=1.0 - momentum,
+                                      max_relative_step=max_relative_step, plateau=plateau),
       momentum_lib.nesterov(momentum, accumulator_dtype=accumulator_dtype),
   )
   return stopping.stop_when(inner, max_steps=max_steps, patience=patience,
+                            validation_patience=validation_patience,
+                            min_learning_rate=min_learning_rate, max_nonfinite=max_nonfinite)
+
+
+def auto_nadamw(
+    learning_rate: float = 1e-6,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    *,
+    max_relative_step: Optional[float] = 0.1,
+    plateau: Optional[optax.GradientTransformation] = DEFAULT_PLATEAU,
+    min_learning_rate: Optional[float] = None,
+    patience: Optional[int] = None,
+    validation_patience: Optional[int] = None,
+    max_steps: Optional[int] = None,
+    max_nonfinite: int = 5,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Tuning-free Nesterov-Adam with decoupled weight decay: the learning rate sets itself.
+
+  ``stop_when(scale_by_distance(direction=chain(scale_by_adam(b1, b2, eps, nesterov=True),
+  add_decayed_weights(weight_decay))))``: the direction is ``optax.nadamw``'s (Adam's
+  per-coordinate second-moment scaling of Nesterov's lookahead first moment, Dozat 2016, plus
+  decoupled weight decay ``lambda x``) and the rate is the distance estimate ``d_k`` of
+  :func:`scale_by_distance`, read from the raw gradients against the displacement from the
+  start (Prodigy's D estimate):
+
+  .. math::
+
+    x_{k+1} = x_k - d_k \left(\frac{\hat m_k}{\sqrt{\hat v_k} + \epsilon} + \lambda x_k\right).
+
+  With a constant ``d`` this is exactly ``optax.nadamw(d, b1, b2, eps, weight_decay=lambda)``.
+  The estimate starts at ``learning_rate``, grows geometrically while the gradients keep pointing
+  away from the start, and never decreases: no rate to tune, none that collapses. For the models
+  where per-coordinate scaling wins (transformers, normalised networks); :func:`auto_nag_sgd` is
+  its plain-SGD sibling.
+
+  Annealing, bounded: with the training loss passed as ``value`` (Flax NNX
+  ``optimizer.update(model, grads, value=loss)``), the step is halved whenever the loss averaged
+  over windows of 50 updates has not set a new low for 5 windows, down to a tenth of the distance
+  rate at most (``optax.contrib.reduce_on_plateau(0.5, 5, accumulation_size=50,
+  min_scale=0.1)``): enough to settle into a narrow valley (Optax's Rosenbrock check), never a
+  collapse. Without ``value`` the rate is the distance estimate alone.
+
+  Stopping: as :func:`auto_nag_sgd` (``validation_patience`` with a ``validation_loss`` extra
+  argument, ``patience`` on ``value``, ``max_steps``, ``min_learning_rate``); none by default.
+
+  Memory: four parameter-sized buffers (Adam's two moments, the first params, the weighted
+  gradient sum), as ``optax.contrib.prodigy``.
+
+  Args:
+    learning_rate: the initial rate estimate; any value from ``1e-8`` to ``1``.
+    b1, b2, eps: Adam's moment decays and denominator offset.
+    weight_decay: the decoupled weight decay ``lambda`` (scaled by the rate).
+    max_relative_step: the cap on the first step relative to the params' rms.
+    plateau: the bounded annealing on the training loss ``value`` (see above); ``None`` for none.
+    min_learning_rate, patience, validation_patience, max_steps, max_nonfinite: the stopping
+      signal (:func:`stop_when`).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` with a stopping signal; ``optax.tree.get(state,
+    "learning_rate")`` reads the rate in use.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax, nag_optax
+    >>> tx = nag_optax.auto_nadamw()
+    >>> params = {"w": jnp.ones(3)}
+    >>> state = tx.init(params)
+    >>> loss = lambda p: jnp.sum((p["w"] - 2.0) ** 2)
+    >>> for _ in range(300):
+    ...   value, grads = jax.value_and_grad(loss)(params)
+    ...   updates, state = tx.update(grads, state, params, value=value)
+    ...   params = optax.apply_updates(params, updates)
+    >>> print(float(loss(params)) < 1e-3)
+    True
+
+  References:
+    Dozat, `Incorporating Nesterov momentum into Adam
+    <https://openreview.net/forum?id=OM0jvwB8jIp57ZJjtNEZ>`_, ICLR 2016 workshop.
+    Loshchilov & Hutter, `Decoupled weight decay regularization
+    <https://arxiv.org/abs/1711.05101>`_, ICLR 2019.
+    Mishchenko & Defazio, `Prodigy <https://arxiv.org/abs/2306.06101>`_, ICML 2024.
+  """
+  validation.check_range("b1", b1, low=0.0, high=1.0, high_inclusive=False)
+  validation.check_range("b2", b2, low=0.0, high=1.0, high_inclusive=False)
+  validation.check_range("eps", eps, low=0.0)
+  validation.check_range("weight_decay", weight_decay, low=0.0)
+  direction = optax.chain(optax.scale_by_adam(b1, b2, eps, nesterov=True),
+                          optax.add_decayed_weights(weight_decay))
+  inner = hypergradient.scale_by_distance(learning_rate, direction=direction,
+                                          max_relative_step=max_relative_step, plateau=plateau)
+  return stopping.stop_when(inner, max_steps=max_steps, patience=patience,
+                            validation_patience=validation_patience,
                             min_learning_rate=min_learning_rate, max_nonfinite=max_nonfinite)

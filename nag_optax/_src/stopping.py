@@ -24,6 +24,7 @@ class StopReason(enum.IntEnum):
   PATIENCE = 6
   MIN_LEARNING_RATE = 7
   NONFINITE = 8
+  VALIDATION_PATIENCE = 9
 
   @property
   def description(self) -> str:
@@ -45,6 +46,7 @@ _DESCRIPTIONS = {
     StopReason.PATIENCE: "loss not improved for `patience` steps",
     StopReason.MIN_LEARNING_RATE: "adapted learning rate below min_learning_rate",
     StopReason.NONFINITE: "max_nonfinite consecutive non-finite gradients, losses or updates",
+    StopReason.VALIDATION_PATIENCE: "validation loss not improved for `validation_patience` steps",
 }
 
 
@@ -62,6 +64,8 @@ class StopWhenState(NamedTuple):
   steps_since_improvement: jax.Array  # int32: calls since best_value last improved.
   nonfinite_count: jax.Array  # int32: consecutive skipped non-finite steps.
   total_nonfinite: jax.Array  # int32: skipped non-finite steps in all.
+  best_validation: jax.Array  # lowest `validation_loss` seen (inf before the first).
+  steps_since_validation_improvement: jax.Array  # int32: calls since best_validation improved.
 
 
 def _learning_rates(inner_state):
@@ -81,6 +85,7 @@ def stop_when(
     max_steps: Optional[int] = None,
     patience: Optional[int] = None,
     min_learning_rate: Optional[float] = None,
+    validation_patience: Optional[int] = None,
     max_nonfinite: int = 5,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Wrap a transformation with a stopping signal and a non-finite guard.
@@ -93,6 +98,11 @@ def stop_when(
   * ``max_steps`` updates have been applied (``MAX_STEPS``);
   * ``f`` has not gone below its best for ``patience`` calls (``PATIENCE``; needs ``value``);
   * the inner state's ``learning_rate`` ``< min_learning_rate`` (``MIN_LEARNING_RATE``);
+  * the ``validation_loss`` extra argument has not gone below its best for
+    ``validation_patience`` calls (``VALIDATION_PATIENCE``): the early stopping of deep
+    learning. Pass the latest measured validation loss at every update (it may stay the same
+    between evaluations: calls without a new best count towards the patience), so the patience is
+    in updates, whatever the evaluation interval;
   * after applying it, the inner update's norm ``<= xtol`` (``XTOL``).
 
   The tests on ``g`` and ``f`` are made before the inner update, so the call that finds a
@@ -112,6 +122,7 @@ def stop_when(
     max_steps: the most updates to apply.
     patience: calls without a new lowest loss before stopping.
     min_learning_rate: stop when the ``learning_rate`` in the inner state falls below this floor.
+    validation_patience: updates without a new lowest ``validation_loss`` before stopping.
     max_nonfinite: consecutive non-finite steps tolerated before stopping (>= 1).
 
   Returns:
@@ -140,6 +151,7 @@ def stop_when(
                          min_learning_rate if min_learning_rate is not None else 0.0, low=0.0)
   validation.check_int("max_steps", max_steps, low=0)
   validation.check_int("patience", patience, low=1)
+  validation.check_int("validation_patience", validation_patience, low=1)
   validation.check_int("max_nonfinite", max_nonfinite, low=1, allow_none=False)
   if not isinstance(inner, optax.GradientTransformation):
     raise ValueError(f"inner must be an optax.GradientTransformation, got {type(inner).__name__}.")
@@ -158,9 +170,10 @@ def stop_when(
         inner_state=inner_state, stop=jnp.zeros((), bool),
         reason=jnp.zeros((), jnp.int32), count=izero,
         grad_norm=inf, initial_grad_norm=inf, update_norm=inf, last_value=inf, best_value=inf,
-        steps_since_improvement=izero, nonfinite_count=izero, total_nonfinite=izero)
+        steps_since_improvement=izero, nonfinite_count=izero, total_nonfinite=izero,
+        best_validation=inf, steps_since_validation_improvement=izero)
 
-  def update_fn(updates, state, params=None, *, value=None, **extra_args):
+  def update_fn(updates, state, params=None, *, value=None, validation_loss=None, **extra_args):
     dtype = state.grad_norm.dtype
     grad_norm = numerics.norm(updates, dtype)
     has_value = value is not None
@@ -191,6 +204,17 @@ def stop_when(
     steps_since_improvement = jnp.where(improved, 0, state.steps_since_improvement + 1)
     if patience is not None and has_value:
       reason = fire(reason, steps_since_improvement >= patience, StopReason.PATIENCE)
+    if validation_loss is not None:
+      val = jnp.asarray(validation_loss).astype(dtype)
+      val_improved = jnp.isfinite(val) & (val < state.best_validation)
+      best_validation = jnp.where(val_improved, val, state.best_validation)
+      steps_since_val = jnp.where(val_improved, 0, state.steps_since_validation_improvement + 1)
+      if validation_patience is not None:
+        reason = fire(reason, steps_since_val >= validation_patience,
+                      StopReason.VALIDATION_PATIENCE)
+    else:
+      best_validation = state.best_validation
+      steps_since_val = state.steps_since_validation_improvement
     if max_steps is not None:
       reason = fire(reason, state.count >= max_steps, StopReason.MAX_STEPS)
     if min_learning_rate is not None:
@@ -199,6 +223,8 @@ def stop_when(
       reason = fire(reason, lr < min_learning_rate, StopReason.MIN_LEARNING_RATE)
     stop_now = reason != StopReason.NOT_STOPPED
 
+    if validation_loss is not None:
+      extra_args["validation_loss"] = validation_loss
     inner_updates, inner_state = inner.update(updates, state.inner_state, params, value=value,
                                               **extra_args)
     inner_updates = jax.tree.map(lambda u, g: u.astype(g.dtype), inner_updates, updates)
@@ -230,6 +256,9 @@ def stop_when(
         nonfinite_count=keep(nonfinite_count, state.nonfinite_count),
         total_nonfinite=keep(state.total_nonfinite + (~finite).astype(jnp.int32),
                              state.total_nonfinite),
+        best_validation=keep(best_validation, state.best_validation),
+        steps_since_validation_improvement=keep(steps_since_val,
+                                                state.steps_since_validation_improvement),
     )
     return new_updates, new_state
 
