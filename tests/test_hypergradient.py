@@ -419,3 +419,167 @@ def test_linen_train_state_without_value_reaches_a_loss_threshold():
   final = float(optax.softmax_cross_entropy_with_integer_labels(apply_fn(state.params, x),
                                                                 y).mean())
   assert final < 0.15, final
+
+
+# scale_by_distance: the distance estimate (Prodigy's D) and the optimizers built on it.
+
+
+def _distance_reference(x0, grad_fn, steps, *, d0, decay, sigma, rho, rms_decay, eps, mu,
+                        adam=None):
+  """NumPy loop of the documented rule (default or Adam direction), then Nesterov momentum."""
+  x, x_init = x0.copy(), x0.copy()
+  d, r, s, v, m = d0, 0.0, np.zeros_like(x0), 0.0, np.zeros_like(x0)
+  am, av = np.zeros_like(x0), np.zeros_like(x0)
+  xs, ds = [], []
+  for k in range(steps):
+    g = grad_fn(x)
+    if k == 0:
+      d = min(d, rho * max(np.sqrt(np.mean(x ** 2)), 1e-3))
+    if adam is None:
+      v = rms_decay * v + (1 - rms_decay) * np.mean(g ** 2)
+      a = g / (np.sqrt(v / (1 - rms_decay ** (k + 1))) + eps)
+    else:
+      b1, b2 = adam
+      am, av = b1 * am + (1 - b1) * g, b2 * av + (1 - b2) * g ** 2
+      m_hat = (b1 * am / (1 - b1 ** (k + 2)) + (1 - b1) * g / (1 - b1 ** (k + 1)))  # nesterov
+      a = m_hat / (np.sqrt(av / (1 - b2 ** (k + 1))) + eps)
+    u = -sigma * d * a
+    lam = d * d
+    r = decay * r + lam * float(g @ (x_init - x))
+    s = decay * s + lam * g
+    den = np.sum(np.abs(s))
+    d = max(d, r / den if den > 0 else 0.0)
+    if mu is None:
+      x = x + u
+    else:  # PyTorch / optax Nesterov: m = mu m + u; step = u + mu m
+      m = mu * m + u
+      x = x + u + mu * m
+    xs.append(x.copy())
+    ds.append(d)
+  return np.array(xs), np.array(ds)
+
+
+@pytest.mark.parametrize("direction", ["default", "adam"])
+def test_scale_by_distance_matches_the_reference_loop(direction):
+  with jax.enable_x64(True):
+    rng = np.random.RandomState(0)
+    q = np.linalg.qr(rng.randn(6, 6))[0]
+    a_mat = q @ np.diag(np.logspace(0, 2, 6)) @ q.T
+    x_star = rng.randn(6)
+    grad_np = lambda x: a_mat @ (x - x_star)
+    x0 = rng.randn(6) * 0.1
+    adam = (0.9, 0.999) if direction == "adam" else None
+    kwargs = dict(d0=1e-4, decay=0.9995, sigma=0.1, rho=0.1, rms_decay=0.999, eps=1e-8, mu=0.9)
+    ref_x, ref_d = _distance_reference(x0, grad_np, 200, adam=adam, **kwargs)
+    block = nag_optax.scale_by_distance(
+        1e-4, step_scale=0.1,
+        direction=optax.scale_by_adam(0.9, 0.999, 1e-8, nesterov=True) if adam else None)
+    tx = optax.chain(block, nag_optax.nesterov(0.9))
+    x = jnp.asarray(x0)
+    state = tx.init(x)
+    xs, ds = [], []
+    for _ in range(200):
+      updates, state = tx.update(jnp.asarray(grad_np(np.asarray(x))), state, x)
+      x = optax.apply_updates(x, updates)
+      xs.append(np.asarray(x))
+      ds.append(float(state[0].distance))
+    np.testing.assert_allclose(np.array(ds), ref_d, rtol=1e-10)
+    np.testing.assert_allclose(np.array(xs), ref_x, rtol=1e-9, atol=1e-12)
+    assert ref_d[-1] > 100 * ref_d[0]  # the estimate grew: the test covers the growth branch
+
+
+def test_distance_estimate_never_exceeds_the_distance_to_the_minimiser():
+  # For a convex loss r_k <= ||s_k||_1 ||x_0 - x*||_inf (Hoelder), so d_k <= ||x_0 - x*||_inf.
+  with jax.enable_x64(True):
+    rng = np.random.RandomState(1)
+    scales = np.logspace(0, 3, 20)
+    x_star = rng.randn(20)
+    grad = lambda x: scales * (x - x_star)
+    tx = nag_optax.scale_by_distance(1e-6)
+    x = jnp.zeros(20)
+    state = tx.init(x)
+    for _ in range(2000):
+      updates, state = tx.update(grad(x), state, x)
+      x = optax.apply_updates(x, updates)
+    bound = float(np.max(np.abs(x_star)))
+    assert 0.1 * bound < float(state.distance) <= bound * (1 + 1e-9)
+
+
+def test_a_too_large_initial_rate_is_capped_at_the_first_step():
+  params = {"w": jnp.full((4, 4), 0.5), "b": jnp.zeros(4)}
+  rms = float(jnp.sqrt(jnp.sum(params["w"] ** 2) / 20))
+  grads = jax.tree.map(jnp.ones_like, params)
+  tx = nag_optax.scale_by_distance(1.0)
+  updates, state = tx.update(grads, tx.init(params), params)
+  step_rms = float(optax.tree.norm(updates)) / np.sqrt(20)  # the default direction has rms 1
+  np.testing.assert_allclose(step_rms, 0.1 * rms, rtol=1e-5)
+  tx = nag_optax.auto_nadamw(1.0)
+  _, state = tx.update(grads, tx.init(params), params)
+  distance = float(optax.tree.get(state, "distance"))
+  np.testing.assert_allclose(distance, 0.1 * rms, rtol=1e-5)
+
+
+@pytest.mark.parametrize("make", [nag_optax.auto_nag_sgd, nag_optax.auto_nadamw])
+def test_pure_noise_at_a_minimum_never_collapses_the_rate(make):
+  # 10,000 minibatch gradients that are pure noise around a minimum (the regime where the
+  # hypergradient cosine is negative on average): the rate may anneal by the bounded plateau
+  # factor (a tenth) but stays above that floor of its peak, and far from any 1e-8 floor.
+  noise = jax.random.normal(jax.random.PRNGKey(0), (10_000, 32))
+  tx = make()
+
+  def step(carry, xi):
+    x, state = carry
+    g = x + xi  # gradient of 0.5||x||^2 plus unit noise
+    updates, state = tx.update(g, state, x, value=0.5 * jnp.sum(x ** 2) + jnp.sum(xi * x))
+    return (optax.apply_updates(x, updates), state), optax.tree.get(state, "learning_rate")
+
+  x0 = jnp.ones(32)
+  (x, _), rates = jax.jit(lambda c: jax.lax.scan(step, c, noise))((x0, tx.init(x0)))
+  rates = np.asarray(rates)
+  assert np.all(np.isfinite(rates)) and np.all(np.isfinite(np.asarray(x)))
+  assert rates[-1] >= 0.1 * rates.max() * (1 - 1e-6), (rates[-1], rates.max())
+  assert rates[-1] > 1e-3, rates[-1]
+
+
+def test_plateau_factor_scales_the_step_not_the_estimate():
+  tx = nag_optax.scale_by_distance(
+      0.5, max_relative_step=None,
+      plateau=optax.contrib.reduce_on_plateau(factor=0.5, patience=1, min_scale=0.25))
+  params = jnp.ones(2)
+  state = tx.init(params)
+  for value in [1.0, 2.0, 2.0, 2.0, 2.0]:  # no new best after the first: halved to the floor
+    updates, state = tx.update(jnp.ones(2), state, params, value=jnp.asarray(value))
+  assert float(state.plateau_scale) == 0.25
+  assert float(state.distance) == 0.5  # params never moved: no estimate growth, no decay
+  np.testing.assert_allclose(float(state.learning_rate), 0.125)
+  np.testing.assert_allclose(np.asarray(updates), -0.125 * np.ones(2), rtol=1e-5)
+
+
+def test_scale_by_distance_rejects_bad_configuration():
+  with pytest.raises(ValueError, match="learning_rate"):
+    nag_optax.scale_by_distance(0.0)
+  with pytest.raises(ValueError, match="decay"):
+    nag_optax.scale_by_distance(decay=1.5)
+  with pytest.raises(TypeError, match="direction"):
+    nag_optax.scale_by_distance(direction="adam")
+  with pytest.raises(ValueError, match="momentum"):
+    nag_optax.auto_nag_sgd(momentum=1.0)
+  with pytest.raises(ValueError, match="b2"):
+    nag_optax.auto_nadamw(b2=1.0)
+
+
+def test_nnx_training_with_auto_nadamw_reaches_a_loss_threshold():
+  x, y = _digits()
+  model = _MLP(nnx.Rngs(0))
+  optimizer = nnx.Optimizer(model, nag_optax.auto_nadamw(), wrt=nnx.Param)
+
+  @nnx.jit
+  def step(model, optimizer, idx):
+    loss, grads = nnx.value_and_grad(_loss)(model, x[idx], y[idx])
+    optimizer.update(model, grads, value=loss)
+
+  rng = np.random.RandomState(0)
+  for idx in np.concatenate([rng.permutation(1024) for _ in range(10)]).reshape(-1, 64)[:150]:
+    step(model, optimizer, jnp.asarray(idx))
+  final = float(_loss(model, x, y))
+  assert final < 0.15, final

@@ -241,3 +241,31 @@ def test_bad_configuration_raises(kwargs, name):
 def test_inner_must_be_a_transformation():
   with pytest.raises(ValueError, match="inner"):
     nag_optax.stop_when(lambda g: g, gtol=1.0)
+
+
+def test_validation_patience_counts_updates_without_a_new_best_validation_loss():
+  # The validation loss is measured every 3 updates and passed at every update (held between
+  # measurements): 4.0 at calls 0-2, 3.0 at 3-5, 3.5 at 6-8, 3.2 at 9-11.
+  tx = nag_optax.stop_when(nag_optax.nag(0.1), validation_patience=5)
+  params = jnp.ones(2)
+  state = tx.init(params)
+  held = [4.0] * 3 + [3.0] * 3 + [3.5] * 3 + [3.2] * 3
+  stops = []
+  for val in held:
+    _, state = tx.update(jnp.ones(2), state, params, validation_loss=jnp.asarray(val))
+    stops.append(bool(nag_optax.should_stop(state)))
+  # Best 3.0 at call 3; calls 4..8 make 5 without a new best, so call 8 stops (before its step).
+  assert stops == [False] * 8 + [True] * 4
+  assert nag_optax.stop_reason(state) == nag_optax.StopReason.VALIDATION_PATIENCE
+  assert float(state.best_validation) == 3.0
+
+
+def test_validation_patience_ignores_nan_and_missing_validation_loss():
+  tx = nag_optax.stop_when(nag_optax.nag(0.1), validation_patience=2)
+  params = jnp.ones(2)
+  state = tx.init(params)
+  _, state = tx.update(jnp.ones(2), state, params, validation_loss=jnp.asarray(jnp.nan))
+  assert float(state.best_validation) == float("inf")  # NaN is never a new best
+  for _ in range(5):  # no validation_loss: nothing counts
+    _, state = tx.update(jnp.ones(2), state, params)
+  assert not bool(nag_optax.should_stop(state))
