@@ -17,7 +17,7 @@ SUITES = {
     "quadratic": "benchmarks.quadratic",
     "logistic": "benchmarks.logistic",
     "step_cost": "benchmarks.step_cost",
-    "minibatch": "benchmarks.minibatch",
+    "workloads": "benchmarks.workloads",
 }
 
 RESULTS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")

@@ -1,0 +1,166 @@
+"""Plumbing of the workloads suite: AlgoPerf maths on hand-made tables, corpus pinning, the
+lower-bound rule, and a ~10-step training smoke run. Runs in seconds."""
+
+import hashlib
+import math
+import os
+
+import numpy as np
+import pytest
+
+from benchmarks import algoperf
+
+INF = math.inf
+
+
+def test_target_is_median_best_of_best_baseline():
+  # Accuracy (higher is better): per-seed bests of A are 0.9, 0.95, 0.8 -> median 0.9;
+  # B's are 0.92, 0.91, 0.5 -> median 0.91; B sets the target.
+  baselines = {
+      "A": [[0.5, 0.9, 0.85], [0.6, 0.95, 0.7], [0.8, 0.7, 0.75]],
+      "B": [[0.92, 0.9, 0.9], [0.91, 0.2, 0.3], [0.5, 0.4, 0.45]],
+  }
+  value, name = algoperf.target(baselines, higher_is_better=True)
+  assert (value, name) == (pytest.approx(0.91), "B")
+  # Loss-like metric (lower is better): A's per-seed minima 0.5, 0.7, 0.7 -> 0.7;
+  # B's 0.9, 0.2, 0.4 -> 0.4.
+  value, name = algoperf.target(baselines, higher_is_better=False)
+  assert (value, name) == (pytest.approx(0.4), "B")
+
+
+def test_target_counts_a_diverged_seed_as_worst():
+  baselines = {"A": [[0.9], [math.nan], [0.8]], "B": [[0.7], [0.7], [0.7]]}
+  # A's median over (0.9, -inf, 0.8) is 0.8, still above B's 0.7.
+  assert algoperf.target(baselines, True) == (pytest.approx(0.8), "A")
+
+
+def test_steps_to_target_and_misses():
+  curve = [0.1, 0.5, 0.97, 0.99]
+  assert algoperf.steps_to_target(curve, 0.97, 25, True) == 75
+  assert algoperf.steps_to_target(curve, 0.995, 25, True) == INF
+  assert algoperf.steps_to_target([3.0, 2.0, 1.5], 2.0, 10, False) == 20
+  assert algoperf.steps_to_target([math.nan, 0.99], 0.9, 5, True) == 10
+  curves = [[0.1, 0.97], [0.97, 0.99], [0.1, 0.2]]  # 50, 25, miss -> median 50
+  assert algoperf.median_steps(curves, 0.97, 25, True) == 50
+  # Two misses out of three -> the median is a miss.
+  assert algoperf.median_steps([[0.1, 0.97], [0.1, 0.1], [0.1, 0.1]], 0.97, 25, True) == INF
+  # A hit beyond the allowed steps is a miss.
+  assert algoperf.median_steps([[0.1, 0.97]], 0.97, 25, True, max_steps=25) == INF
+
+
+def test_ratios_profile_and_score_on_a_hand_made_table():
+  steps = {
+      "fast": {"w1": 100, "w2": 50},
+      "half": {"w1": 200, "w2": 100},
+      "mixed": {"w1": 100, "w2": INF},
+      "never": {"w1": INF, "w2": INF},
+      "slow": {"w1": 500, "w2": 250},
+  }
+  r = algoperf.ratios(steps)
+  assert r["fast"] == {"w1": 1.0, "w2": 1.0}
+  assert r["half"] == {"w1": 2.0, "w2": 2.0}
+  assert r["mixed"] == {"w1": 1.0, "w2": INF}
+  assert algoperf.score(r["fast"]) == pytest.approx(1.0)
+  # rho = 0 on [1, 2), 1 on [2, 4]: area 2 / 3.
+  assert algoperf.score(r["half"]) == pytest.approx(2 / 3)
+  # A miss contributes 0: half the workloads at ratio 1.
+  assert algoperf.score(r["mixed"]) == pytest.approx(0.5)
+  assert algoperf.score(r["never"]) == 0.0
+  assert algoperf.score(r["slow"]) == 0.0  # 5x: beyond tau = 4
+  taus = [1.0, 1.5, 2.0, 4.0]
+  np.testing.assert_allclose(algoperf.profile(r["half"], taus), [0, 0, 1, 1])
+  np.testing.assert_allclose(algoperf.profile(r["mixed"], taus), [0.5, 0.5, 0.5, 0.5])
+  # The exact area agrees with a fine Riemann sum of the profile.
+  grid = np.linspace(1, 4, 30001)
+  for method in steps:
+    riemann = np.trapezoid(algoperf.profile(r[method], grid), grid) / 3
+    assert algoperf.score(r[method]) == pytest.approx(riemann, abs=1e-3)
+
+
+def test_a_workload_nobody_reached_is_a_miss_for_everyone():
+  r = algoperf.ratios({"a": {"w": INF}, "b": {"w": INF}})
+  assert r == {"a": {"w": INF}, "b": {"w": INF}}
+
+
+def test_lr_floor_rule():
+  assert algoperf.lr_at_floor([1e-3, 1e-4, 1e-8])  # final at the 1e-8 floor
+  assert algoperf.lr_at_floor([1e-1] + [1e-9] * 3 + [2e-8] * 4)  # last quarter < 1e-6 x max
+  assert not algoperf.lr_at_floor([1e-3, 1e-2, 5e-3, 1e-3])
+  assert not algoperf.lr_at_floor([1e-3] * 8 + [1e-7])  # last quarter's median still 1e-3
+  assert not algoperf.lr_at_floor([math.nan] * 4)
+
+
+def test_relative_loss():
+  assert algoperf.relative_loss(0.9, 1.0, True) == pytest.approx(0.1)
+  assert algoperf.relative_loss(2.2, 2.0, False) == pytest.approx(0.1)
+  assert algoperf.relative_loss(1.0, 1.0, True) == 0.0
+
+
+def _tiny_stdlib(tmp_path):
+  for rel, text in {"b.py": "b = 2\n", "a.py": "a = 1\n", "pkg/c.py": "c = 3\n",
+                    "test/t.py": "t\n", "pkg/tests/u.py": "u\n", "site-packages/s.py": "s\n",
+                    "notes.txt": "x\n"}.items():
+    path = tmp_path / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+  return str(tmp_path)
+
+
+def test_corpus_file_list_is_sorted_and_excludes_tests(tmp_path):
+  from benchmarks import workloads_core as core  # pylint: disable=g-import-not-at-top
+  root = _tiny_stdlib(tmp_path)
+  assert core.stdlib_files(root) == ["a.py", "b.py", "pkg/c.py"]
+  assert core.stdlib_files(root) == core.stdlib_files(root)
+
+
+def test_corpus_sha_is_hashlib_sha_of_the_concatenation(tmp_path):
+  from benchmarks import workloads_core as core  # pylint: disable=g-import-not-at-top
+  root = _tiny_stdlib(tmp_path)
+  corpus, sha, files = core.build_corpus(root, num_chars=10)
+  assert corpus == b"a = 1\nb = 2\nc = 3\n"[:10]
+  assert sha == hashlib.sha256(b"a = 1\nb = 2\nc = 3\n"[:10]).hexdigest()
+  assert files == 2
+  full, _, files = core.build_corpus(root, num_chars=1000)
+  assert full == b"a = 1\nb = 2\nc = 3\n" and files == 3
+
+
+def test_real_stdlib_file_list_is_deterministic():
+  from benchmarks import workloads_core as core  # pylint: disable=g-import-not-at-top
+  files = core.stdlib_files()
+  assert files == sorted(files) and files
+  assert not any(part in core.CORPUS_EXCLUDED_DIRS for f in files for part in f.split("/")[:-1])
+
+
+@pytest.mark.parametrize("name", ["digits_mlp", "stdlib_lm"])
+def test_trainer_smoke(name):
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  import nag_optax  # pylint: disable=g-import-not-at-top
+  from benchmarks import workloads_core as core  # pylint: disable=g-import-not-at-top
+  wl = core.WORKLOADS[name]()
+  _, params = wl.init_params(0)
+  blocks, every = 2, 5
+  batches = jnp.asarray(wl.batch_indices(0, blocks * every))
+  with jax.enable_x64(False):
+    train = jax.jit(core.make_trainer(
+        wl, lambda lr: nag_optax.stop_when(optax.sgd(lr), patience=3), blocks, every,
+        record_stop=True, pass_validation_loss=True))
+    out = jax.device_get(train(params, batches, jnp.float32(0.1)))
+  assert set(out) == {"metric", "val_loss", "train_loss", "lr", "stop"}
+  for key in ("metric", "val_loss", "train_loss"):
+    assert out[key].shape == (blocks,) and np.isfinite(out[key]).all()
+  assert out["stop"].shape == () and out["stop"] >= -1
+  if name == "stdlib_lm":
+    assert 0 < out["metric"][-1] < 8.5  # bits per character of a byte model near its start
+  else:
+    assert 0 <= out["metric"][-1] <= 1
+
+
+def test_suite_lists_the_nag_optax_optimizers():
+  from benchmarks import workloads  # pylint: disable=g-import-not-at-top
+  import nag_optax  # pylint: disable=g-import-not-at-top
+  names = list(workloads.nag_factories())
+  assert workloads.AUTO_SGD in names and workloads.V01 in names
+  assert (workloads.AUTO_NADAMW in names) == hasattr(nag_optax, "auto_nadamw")
+  assert set(workloads.STOP_CONFIGS) == set(names)
