@@ -164,3 +164,23 @@ def test_suite_lists_the_nag_optax_optimizers():
   assert workloads.AUTO_SGD in names and workloads.V01 in names
   assert (workloads.AUTO_NADAMW in names) == hasattr(nag_optax, "auto_nadamw")
   assert set(workloads.STOP_CONFIGS) == set(names)
+
+
+def test_results_md_replaces_only_the_sections_that_ran(tmp_path, monkeypatch):
+  from benchmarks import run  # pylint: disable=g-import-not-at-top
+  path = tmp_path / "RESULTS.md"
+  monkeypatch.setattr(run, "RESULTS_PATH", str(path))
+  order = ["quadratic", "logistic", "workloads"]
+  run.write_results({n: run.section(n, f"## {n}\n\nold {n}", "env", 60) for n in order}, order)
+  before = run.split_sections(path.read_text())
+  assert list(before) == order
+  run.write_results({"workloads": run.section("workloads", "## workloads\n\nnew", "env", 120)},
+                    order)
+  after = run.split_sections(path.read_text())
+  assert list(after) == order
+  assert after["quadratic"] == before["quadratic"] and after["logistic"] == before["logistic"]
+  assert "new" in after["workloads"] and "old workloads" not in after["workloads"]
+  assert "2.0 min" in after["workloads"]
+  # A section of a suite that is no longer registered is dropped.
+  run.write_results({}, ["quadratic", "workloads"])
+  assert list(run.split_sections(path.read_text())) == ["quadratic", "workloads"]
