@@ -424,11 +424,11 @@ def test_linen_train_state_without_value_reaches_a_loss_threshold():
 # scale_by_distance: the distance estimate (Prodigy's D) and the optimizers built on it.
 
 
-def _distance_reference(x0, grad_fn, steps, *, d0, decay, sigma, rho, rms_decay, eps, mu,
-                        adam=None):
+def _distance_reference(x0, grad_fn, steps, *, d0, decay, sigma, rho, rms_decay, max_rms_decay,
+                        eps, mu, adam=None):
   """NumPy loop of the documented rule (default or Adam direction), then Nesterov momentum."""
   x, x_init = x0.copy(), x0.copy()
-  d, r, s, v, m = d0, 0.0, np.zeros_like(x0), 0.0, np.zeros_like(x0)
+  d, r, s, v, vmax, m = d0, 0.0, np.zeros_like(x0), 0.0, 0.0, np.zeros_like(x0)
   am, av = np.zeros_like(x0), np.zeros_like(x0)
   xs, ds = [], []
   for k in range(steps):
@@ -437,7 +437,8 @@ def _distance_reference(x0, grad_fn, steps, *, d0, decay, sigma, rho, rms_decay,
       d = min(d, rho * max(np.sqrt(np.mean(x ** 2)), 1e-3))
     if adam is None:
       v = rms_decay * v + (1 - rms_decay) * np.mean(g ** 2)
-      a = g / (np.sqrt(v / (1 - rms_decay ** (k + 1))) + eps)
+      vmax = max(v / (1 - rms_decay ** (k + 1)), max_rms_decay * vmax)
+      a = g / (np.sqrt(vmax) + eps)
     else:
       b1, b2 = adam
       am, av = b1 * am + (1 - b1) * g, b2 * av + (1 - b2) * g ** 2
@@ -469,10 +470,11 @@ def test_scale_by_distance_matches_the_reference_loop(direction):
     grad_np = lambda x: a_mat @ (x - x_star)
     x0 = rng.randn(6) * 0.1
     adam = (0.9, 0.999) if direction == "adam" else None
-    kwargs = dict(d0=1e-4, decay=0.9995, sigma=0.1, rho=0.1, rms_decay=0.999, eps=1e-8, mu=0.9)
+    kwargs = dict(d0=1e-4, decay=0.9995, sigma=0.1, rho=0.1, rms_decay=0.999, max_rms_decay=0.9,
+                  eps=1e-8, mu=0.9)
     ref_x, ref_d = _distance_reference(x0, grad_np, 200, adam=adam, **kwargs)
     block = nag_optax.scale_by_distance(
-        1e-4, step_scale=0.1,
+        1e-4, step_scale=0.1, max_rms_decay=0.9,
         direction=optax.scale_by_adam(0.9, 0.999, 1e-8, nesterov=True) if adam else None)
     tx = optax.chain(block, nag_optax.nesterov(0.9))
     x = jnp.asarray(x0)

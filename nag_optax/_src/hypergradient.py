@@ -22,7 +22,8 @@ class ScaleByDistanceState(NamedTuple):
   learning_rate: jax.Array  # the rate the next update applies to the direction: step_scale * d.
   distance: jax.Array  # d_k, the distance estimate; never decreases after the first update.
   numerator: jax.Array  # r_k = sum_i decay^(k-i) d_i^2 <g_i, x_0 - x_i>.
-  mean_square: jax.Array  # EMA of mean(g^2), the default direction's normaliser (0 otherwise).
+  mean_square: jax.Array  # EMA of mean(g^2) (default direction; 0 otherwise).
+  max_mean_square: jax.Array  # its decayed running maximum, the default direction's normaliser.
   plateau_scale: jax.Array  # the factor of `plateau` on the step (1 without it).
   initial_params: Any  # x_0, the params at the first update.
   grad_sum: Any  # s_k = sum_i decay^(k-i) d_i^2 g_i.
@@ -39,6 +40,7 @@ def scale_by_distance(
     max_relative_step: Optional[float] = 0.1,
     growth_rate: Optional[float] = None,
     rms_decay: float = 0.999,
+    max_rms_decay: float = 0.998,
     eps: float = 1e-8,
     plateau: Optional[optax.GradientTransformation] = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -46,9 +48,8 @@ def scale_by_distance(
 
   The rate is a running lower estimate of the distance ``D`` between the first params and a
   minimiser, the D of D-Adaptation and Prodigy (Defazio & Mishchenko 2023, Mishchenko & Defazio
-  2024). With ``g_k`` the gradient at ``x_k``, ``a_k`` the direction (by default
-  ``g_k / sqrt(v_k)``, ``v_k`` an EMA of the mean square of ``g``, bias-corrected; or the output
-  of ``direction``, e.g. Adam's ``m / (sqrt(v) + eps)``) and weights ``lambda_k = d_k^2``:
+  2024). With ``g_k`` the gradient at ``x_k``, ``a_k`` the direction and weights
+  ``lambda_k = d_k^2``:
 
   .. math::
 
@@ -57,7 +58,13 @@ def scale_by_distance(
     s_k = \beta s_{k-1} + \lambda_k g_k, \\
     d_{k+1} &= \max\left(d_k, \frac{r_k}{\|s_k\|_1}\right),
 
-  with ``sigma = step_scale`` and ``beta = decay``. For a convex loss
+  with ``sigma = step_scale`` and ``beta = decay``. The direction is the output of
+  ``direction`` (e.g. Adam's ``m / (sqrt(v) + eps)``) or by default the plain gradient over one
+  global scale, ``a_k = g_k / (sqrt(n_k) + eps)``, with ``v_k`` the bias-corrected EMA of the mean
+  square of ``g`` and ``n_k = max(v_k, gamma n_{k-1})`` its running maximum that may fall by at
+  most ``gamma = max_rms_decay`` per update: an SGD step ``-(d_k / sqrt(n_k)) g_k`` whose
+  effective rate does not shoot up when the gradients shrink (a normalised-gradient step, ``n_k =
+  v_k``, became unstable on a LayerNorm ResNet as its gradients fell). For a convex loss
   ``r_k <= ||s_k||_1 ||x_0 - x_*||_inf``, so the estimate never exceeds the distance to the
   minimiser while it grows geometrically from a small start.
 
@@ -88,6 +95,7 @@ def scale_by_distance(
     max_relative_step: the cap of the first update, relative to the params' rms; ``None`` for none.
     growth_rate: the largest factor by which ``d`` may grow per update (``None``: unbounded).
     rms_decay: the EMA factor of the default direction's mean square.
+    max_rms_decay: ``gamma`` in ``[0, 1]``, how fast the default direction's normaliser may fall.
     eps: added to the default direction's root mean square.
     plateau: an optax transformation taking ``value=`` whose output scales a unit input
       (``optax.contrib.reduce_on_plateau(..., min_scale=...)``): its factor multiplies the step
@@ -125,6 +133,7 @@ def scale_by_distance(
   if growth_rate is not None:
     validation.check_range("growth_rate", growth_rate, low=1.0)
   validation.check_range("rms_decay", rms_decay, low=0.0, high=1.0, high_inclusive=False)
+  validation.check_range("max_rms_decay", max_rms_decay, low=0.0, high=1.0)
   validation.check_range("eps", eps, low=0.0)
   if direction is not None:
     if not isinstance(direction, optax.GradientTransformation):
@@ -141,6 +150,7 @@ def scale_by_distance(
     return ScaleByDistanceState(
         count=jnp.zeros((), jnp.int32), learning_rate=(step_scale * d0).astype(dtype),
         distance=d0, numerator=jnp.zeros((), dtype), mean_square=jnp.zeros((), dtype),
+        max_mean_square=jnp.zeros((), dtype),
         # A copy, not the caller's arrays, so the state can be donated with the params.
         initial_params=jax.tree.map(lambda p: jnp.array(p, copy=True), params),
         grad_sum=optax.tree.zeros_like(params),
@@ -167,13 +177,15 @@ def scale_by_distance(
       mean_square = numerics.norm(updates, acc) ** 2 / size
       v = rms_decay * state.mean_square + (1.0 - rms_decay) * mean_square.astype(dtype)
       bias = 1.0 - rms_decay ** optax.safe_increment(state.count).astype(dtype)
-      inv = 1.0 / (jnp.sqrt(v / bias) + eps)
+      vmax = jnp.maximum(v / bias, max_rms_decay * state.max_mean_square)
+      inv = 1.0 / (jnp.sqrt(vmax) + eps)
       dir_updates, dir_state = numerics.scale(inv, updates), ()
       v = jnp.where(finite, v, state.mean_square)
+      vmax = jnp.where(finite, vmax, state.max_mean_square)
     else:
       dir_updates, dir_state = direction.update(updates, state.direction, params, value=value,
                                                 **extra_args)
-      v = state.mean_square
+      v, vmax = state.mean_square, state.max_mean_square
     scale, plateau_state = state.plateau_scale, state.plateau
     if plateau is not None and value is not None:
       unit, new_plateau_state = plateau.update(jnp.ones((), dtype), state.plateau, value=value)
@@ -201,7 +213,8 @@ def scale_by_distance(
         count=optax.safe_increment(state.count),
         learning_rate=(step_scale * new_d * scale).astype(dtype), distance=new_d.astype(dtype),
         numerator=jnp.where(finite, numerator, state.numerator).astype(dtype),
-        mean_square=v.astype(dtype), initial_params=state.initial_params,
+        mean_square=v.astype(dtype), max_mean_square=vmax.astype(dtype),
+        initial_params=state.initial_params,
         grad_sum=keep(grad_sum, state.grad_sum),
         direction=keep(dir_state, state.direction) if direction is not None else (),
         plateau_scale=scale.astype(dtype), plateau=plateau_state)
