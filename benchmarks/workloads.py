@@ -30,18 +30,24 @@ from benchmarks import algoperf
 from benchmarks import report
 from benchmarks import workloads_core as core
 
-# mode -> seeds, lr grid size, {workload: budget B}. Evaluation every B / EVALS_PER_BUDGET steps.
-# Full-mode budgets: where the tuned baselines have converged (the LM: where their validation
-# loss has flattened; a character LM keeps improving slowly) within ~40 min on 2 CPU cores.
+# mode -> seeds, lr grid size, evaluations per budget (every B / evals steps), {workload: B},
+# the workloads with the robustness and stopping-signal parts (None: all).
+# Full-mode budgets: where the tuned baselines have converged (the LM: budget-limited; a
+# character LM keeps improving slowly), sized for ~40 min on 2 idle CPU cores. Per workload the
+# full mode runs ~118 B lane-steps (45 B baselines: 3 x 5 lr x 3 seeds; 54 B self-tuning: 12 x 3
+# seeds x 1.5 B; 13.5 B stopping; 6 B timing) plus 81 B for robustness (3 x 6 lr x 3 seeds x
+# 1.5 B) and ~36 compilations. Measured on one core (ms per lane-step, compile s per program):
+# digits MLP 0.1 / 1.2, digits CNN 3.8 / 3, MNIST-1D CNN 2.0 / 3, ResNet 4.5 / 4.5, LM 12 / 5,
+# so about 70, 380, 600, 590 and 1030 s per workload: ~24 min on two worker processes.
 SETTINGS = {
     "smoke": dict(seeds=1, grid=3, evals=10, budgets=dict(
         digits_mlp=40, digits_cnn=20, mnist1d_cnn=40, mnist1d_resnet=20, stdlib_lm=20),
                   robust=("digits_mlp",), stop=("digits_mlp",)),
-    "quick": dict(seeds=1, grid=3, evals=20, budgets=dict(
-        digits_mlp=300, digits_cnn=100, mnist1d_cnn=300, mnist1d_resnet=140, stdlib_lm=60),
+    "quick": dict(seeds=1, grid=3, evals=10, budgets=dict(
+        digits_mlp=300, digits_cnn=100, mnist1d_cnn=300, mnist1d_resnet=120, stdlib_lm=60),
                   robust=("digits_mlp",), stop=("digits_mlp",)),
     "full": dict(seeds=3, grid=5, evals=40, budgets=dict(
-        digits_mlp=1000, digits_cnn=600, mnist1d_cnn=1600, mnist1d_resnet=1000, stdlib_lm=600),
+        digits_mlp=1000, digits_cnn=600, mnist1d_cnn=1200, mnist1d_resnet=800, stdlib_lm=600),
                  robust=("digits_mlp", "mnist1d_cnn"), stop=None),  # None: every workload
 }
 # XLA:CPU compilation of the ~90 small programs dominates the quick mode; LLVM's expensive
@@ -292,8 +298,9 @@ def _run_workload(name, settings, mode, progress, timer) -> dict:
       best_all = algoperf.best_of_run(curve, wl.higher_is_better)
       best_i = (int(np.nanargmax(curve)) if wl.higher_is_better else int(np.nanargmin(curve))) \
           if np.isfinite(curve).any() else -1
-      # Evaluations at or before the stop step (params are frozen after it).
-      upto = curve[:max(1, stop // eval_every)] if stop > 0 else curve
+      # Evaluations up to the first one at or after the stop step (params are frozen after it,
+      # so that one measures the stopped params).
+      upto = curve[:-(-stop // eval_every)] if stop > 0 else curve
       best_stop = algoperf.best_of_run(upto, wl.higher_is_better)
       per_seed.append(dict(
           stop_step=stop if stop > 0 else None, best_step=(best_i + 1) * eval_every,
@@ -433,7 +440,9 @@ def render_markdown(suite: WorkloadsResult) -> str:
                      f"{_fmt(100 * r['worst_relative'], '.1f')}% |")
     parts.append("")
   parts += ["### Notes", ""] + [f"- {n}" for n in suite.notes] + [""]
-  parts += ["Wall time of each part (s, compilation included): " + "; ".join(
+  parts += ["Wall time of each part (s, compilation included; the workloads run in parallel "
+            "worker processes, one per core, so the parts add up to more than the suite's wall "
+            "time): " + "; ".join(
       f"{k} {v:.0f}" for k, v in suite.parts_s.items()) + ".", "",
       f"Mode `{suite.mode}`, {datetime.date.today().isoformat()}, suite wall time "
       f"{suite.total_time_s:.0f} s ({suite.total_time_s / 60:.1f} min).", ""]
@@ -508,7 +517,9 @@ def render_plot(suite: WorkloadsResult, path: str) -> None:
 # one core, so the workloads are spread over one process per CPU core (at most one per workload),
 # each pinned to its own core (its ms/step is a one-core figure, undisturbed by the others).
 # Heaviest first, assigned greedily to the least-loaded worker.
-RELATIVE_COST = dict(stdlib_lm=6, mnist1d_resnet=5, mnist1d_cnn=4, digits_cnn=3, digits_mlp=1)
+# Full-mode seconds on one core, from measured per-step and compile times (see SETTINGS).
+RELATIVE_COST = dict(stdlib_lm=1030, mnist1d_cnn=600, mnist1d_resnet=590, digits_cnn=380,
+                     digits_mlp=70)
 
 
 class _QueueProgress:
