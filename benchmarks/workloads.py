@@ -457,7 +457,12 @@ def render_plot(suite: WorkloadsResult, path: str) -> None:
   fig, axes = plt.subplots(3, n, figsize=(4.6 * n, 11.5), squeeze=False)
   cmap = plt.get_cmap("tab20")
   names = list(suite.aggregate["scores"])
-  colors = {m: cmap(i % 20) for i, m in enumerate(names)}
+  kinds = {m: e["kind"] for res in suite.workloads.values() for m, e in res["methods"].items()}
+  others = [m for m in names if kinds.get(m) != "nag_optax"]
+  colors = {m: cmap(i % 20) for i, m in enumerate(others)}
+  nag_colors = ("black", "tab:red", "tab:purple", "tab:olive", "tab:cyan")
+  colors.update({m: nag_colors[i % len(nag_colors)]
+                 for i, m in enumerate(m for m in names if kinds.get(m) == "nag_optax")})
   for col, (w, res) in enumerate(suite.workloads.items()):
     ax = axes[0, col]
     for m, e in res["methods"].items():
