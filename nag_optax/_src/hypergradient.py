@@ -286,7 +286,13 @@ def scale_by_hypergradient(
   steps: it reads only the gradients the training loop computes anyway, and averages the
   minibatch noise in ``c_t`` over many steps.
 
-  Safeguards (each measured on digits MLP/CNN training, ``benchmarks/minibatch.py``):
+  Over long minibatch runs this rule shrinks the rate to its lower bound: once noise dominates,
+  ``c_t`` is negative on average (the short-horizon bias of greedy learning-rate adaptation,
+  Wu et al. 2018), so the rate decays geometrically and training freezes. It suits short runs and
+  deterministic problems; for whole training runs use :func:`scale_by_distance` (what
+  :func:`auto_nag_sgd` and :func:`auto_nadamw` are built on).
+
+  Safeguards:
 
   * **Warm-up doubling.** While every ``c_t`` since the start has been positive, the rate
     doubles (``warmup_growth``) at each update instead of growing by ``1 + beta``; the first
@@ -302,14 +308,13 @@ def scale_by_hypergradient(
   * **Bounds.** The rate stays in ``learning_rate_bounds`` (the upper bound shrinks with the
     plateau decay).
   * **Non-finite input.** A non-finite gradient, step or cosine leaves the rate unchanged
-    (``c_t = 0``); the state never holds a non-finite rate. Pair with :func:`stop_when` (as
-    :func:`auto_nag_sgd` does) so the update itself is skipped.
+    (``c_t = 0``); the state never holds a non-finite rate. Pair with :func:`stop_when` so the
+    update itself is skipped.
 
   ``per_leaf=True`` keeps one rate per leaf of ``params`` (per layer weight and bias, as Baydin
   et al.'s per-parameter-group variant and LARS do), each adapted from its own cosine: a layer
-  that overshoots shrinks its own rate without dragging the others down. On the digits CNN this
-  measured faster and more robust than one global rate (``benchmarks/RESULTS.md``); the warm-up
-  is per leaf too, and the relative step cap stays global (it scales every leaf's rate by the
+  that overshoots shrinks its own rate without dragging the others down; the warm-up is per leaf
+  too, and the relative step cap stays global (it scales every leaf's rate by the
   same factor). The state's ``learning_rate`` is then the adapted rate over all leaves,
   ``||eta_t g_t|| / ||g_t||``.
 
