@@ -119,7 +119,8 @@ def _jitted_step(opt):
   return step
 
 
-@pytest.mark.parametrize("name", ["auto_nag", "nag", "scale_by_backtracking_chain"])
+@pytest.mark.parametrize("name", ["auto_nag", "nag", "scale_by_backtracking_chain", "auto_nag_sgd",
+                                  "auto_nadamw"])
 def test_checkpoint_round_trip_resumes_bit_identically(name, tmp_path):
   opt = test_common._make(name)
   step = _jitted_step(opt)
@@ -141,7 +142,8 @@ def test_checkpoint_round_trip_resumes_bit_identically(name, tmp_path):
 
 
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (virtual) devices")
-@pytest.mark.parametrize("name", ["auto_nag", "nag", "stop_when_nag", "auto_nag_sgd"])
+@pytest.mark.parametrize("name", ["auto_nag", "nag", "stop_when_nag", "auto_nag_sgd",
+                                  "auto_nadamw"])
 def test_sharded_params_give_sharded_state_and_single_device_results(name):
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ("data", "model"))
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data", "model"))
@@ -175,7 +177,7 @@ def test_sharded_params_give_sharded_state_and_single_device_results(name):
 
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (virtual) devices")
 @pytest.mark.parametrize("spec", [("data", "model"), (None, "model")])
-@pytest.mark.parametrize("name", ["auto_nag", "auto_nag_sgd"])
+@pytest.mark.parametrize("name", ["auto_nag", "auto_nag_sgd", "auto_nadamw"])
 def test_sharded_update_reduces_without_gathering_params(name, spec):
   # (None, "model") shards the minor axis only: a reshape/ravel before a reduction would force
   # a gather there.
