@@ -25,6 +25,18 @@ def is_concrete_number(x: Any) -> bool:
   return False
 
 
+def check_real(name: str, value: Any) -> None:
+  """Raise TypeError naming ``name`` for a string, bool or complex where a real number belongs.
+
+  Tracers, callables (schedules) and real numbers or arrays pass.
+  """
+  bad = isinstance(value, (str, bytes, bool, np.bool_, complex, np.complexfloating))
+  if isinstance(value, (np.ndarray, jax.Array)) and not isinstance(value, jax.core.Tracer):
+    bad |= value.dtype == bool or jnp.issubdtype(value.dtype, jnp.complexfloating)
+  if bad:
+    raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}.")
+
+
 def check_choice(name: str, value: Any, allowed: Iterable[Any]) -> None:
   allowed = tuple(allowed)
   if value not in allowed:
@@ -36,12 +48,14 @@ def check_range(name: str, value: Any, *, low: Optional[float] = None,
                 high_inclusive: bool = True) -> None:
   """Raise ValueError naming ``name`` if a concrete ``value`` lies outside the range.
 
-  NaN is always rejected. Callables (schedules) and tracers are not checked.
+  NaN and infinities are always rejected; strings, bools and complex numbers raise TypeError.
+  Callables (schedules) and tracers are not checked.
   """
+  check_real(name, value)
   if callable(value) or not is_concrete_number(value):
     return
   v = float(value)
-  bad = not np.isfinite(v) and not (high is None and v == np.inf)
+  bad = not np.isfinite(v)
   if low is not None:
     bad |= v < low if low_inclusive else v <= low
   if high is not None:
@@ -59,6 +73,7 @@ def check_int(name: str, value: Any, *, low: int = 0, allow_none: bool = True) -
     return
   if isinstance(value, jax.core.Tracer):
     return
+  check_real(name, value)
   is_int = isinstance(value, (int, np.integer)) or (
       isinstance(value, (jax.Array, np.ndarray)) and np.ndim(value) == 0
       and jnp.issubdtype(value.dtype, jnp.integer))

@@ -1,0 +1,69 @@
+"""Bad hyperparameters are rejected at construction with an error naming the argument.
+
+Every public factory, every numeric hyperparameter, each of: a number written as a string, a
+bool, a complex number, NaN and infinity. Nothing may be accepted silently (a string that
+"works" until the first update, or a NaN that corrupts the state).
+"""
+
+import inspect
+import math
+
+import jax.numpy as jnp
+import optax
+import pytest
+
+import nag_optax
+
+BAD_VALUES = {"string": "0.1", "bool": True, "complex": 1 + 1j, "nan": math.nan, "inf": math.inf}
+
+# factory -> (the factory, its required arguments)
+FACTORIES = {
+    "nesterov": (nag_optax.nesterov, {}),
+    "scale_by_curvature": (nag_optax.scale_by_curvature, {}),
+    "scale_by_backtracking": (nag_optax.scale_by_backtracking, {}),
+    "scale_by_hypergradient": (nag_optax.scale_by_hypergradient, {}),
+    "scale_by_distance": (nag_optax.scale_by_distance, {}),
+    "stop_when": (nag_optax.stop_when, {"inner": optax.identity()}),
+    "nag": (nag_optax.nag, {"learning_rate": 0.1}),
+    "auto_nag": (nag_optax.auto_nag, {}),
+    "auto_nag_sgd": (nag_optax.auto_nag_sgd, {}),
+    "auto_nadamw": (nag_optax.auto_nadamw, {}),
+}
+# Numeric arguments that take a number only in some configurations (checked where they apply).
+NOT_NUMERIC = {"condition_number"}
+
+
+def _numeric_parameters(factory, required):
+  out = []
+  for name, param in inspect.signature(factory).parameters.items():
+    if name in NOT_NUMERIC:
+      continue
+    default = param.default if name not in required else required[name]
+    annotation = str(param.annotation)
+    numeric_default = isinstance(default, (int, float)) and not isinstance(default, bool)
+    numeric_optional = default is None and ("float" in annotation or "int" in annotation)
+    if numeric_default or numeric_optional:
+      out.append(name)
+  return out
+
+
+CASES = [(f, p, b) for f, (factory, required) in FACTORIES.items()
+         for p in _numeric_parameters(factory, required) for b in BAD_VALUES]
+
+
+def test_the_case_list_covers_the_hyperparameters():
+  names = {(f, p) for f, p, _ in CASES}
+  for expected in [("nag", "learning_rate"), ("nag", "momentum"), ("auto_nadamw", "b2"),
+                   ("stop_when", "gtol"), ("auto_nag_sgd", "learning_rate"),
+                   ("scale_by_distance", "decay"), ("auto_nag", "safety")]:
+    assert expected in names, expected
+
+
+@pytest.mark.parametrize("factory_name,parameter,bad", CASES)
+def test_bad_numbers_are_rejected_naming_the_argument(factory_name, parameter, bad):
+  factory, required = FACTORIES[factory_name]
+  kwargs = dict(required)
+  kwargs[parameter] = BAD_VALUES[bad]
+  with pytest.raises((TypeError, ValueError), match=parameter):
+    tx = factory(**kwargs)
+    tx.init(jnp.zeros(2))  # an error at init is acceptable too, never at the first update
