@@ -585,3 +585,31 @@ def test_nnx_training_with_auto_nadamw_reaches_a_loss_threshold():
     step(model, optimizer, jnp.asarray(idx))
   final = float(_loss(model, x, y))
   assert final < 0.15, final
+
+
+@pytest.mark.parametrize("make", [nag_optax.auto_nag_sgd, nag_optax.auto_nadamw])
+def test_training_loss_keeps_falling_over_10k_minibatch_steps(make):
+  # The failure this guards against: a rate that decays to its floor while training is far from
+  # done, so the loss freezes (what the hypergradient rate did from step ~1,000 on).
+  x, y = _digits()
+  graphdef, params = nnx.split(_MLP(nnx.Rngs(0)), nnx.Param)
+  loss = lambda p, xb, yb: optax.softmax_cross_entropy_with_integer_labels(
+      nnx.merge(graphdef, p)(xb), yb).mean()
+  tx = make()
+  rng = np.random.RandomState(0)
+  batches = jnp.asarray(
+      np.concatenate([rng.permutation(1024) for _ in range(640)]).reshape(-1, 64)[:10_000])
+
+  def step(carry, idx):
+    params, state = carry
+    value, grads = jax.value_and_grad(loss)(params, x[idx], y[idx])
+    updates, state = tx.update(grads, state, params, value=value)
+    return (optax.apply_updates(params, updates), state), (
+        value, optax.tree.get(state, "learning_rate"))
+
+  (params, _), (values, rates) = jax.jit(
+      lambda c: jax.lax.scan(step, c, batches))((params, tx.init(params)))
+  values, rates = np.asarray(values), np.asarray(rates)
+  early, late = values[2000:4000].mean(), values[8000:].mean()
+  assert late < 0.5 * early, (early, late)
+  assert rates[-1] >= 0.1 * rates.max() * (1 - 1e-6), (rates[-1], rates.max())
