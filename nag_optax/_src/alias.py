@@ -160,10 +160,10 @@ def auto_nag(
                             min_learning_rate=min_learning_rate, max_nonfinite=max_nonfinite)
 
 
-# The bounded annealing of auto_nag_sgd / auto_nadamw: the step is halved after 5 windows of 50
+# The bounded annealing of auto_nag_sgd / auto_nadamw: the step is halved after 3 windows of 25
 # updates without a new lowest mean training loss, down to a tenth of the distance-based rate at
 # most (built once; a transformation is immutable).
-DEFAULT_PLATEAU = optax.contrib.reduce_on_plateau(factor=0.5, patience=5, accumulation_size=50,
+DEFAULT_PLATEAU = optax.contrib.reduce_on_plateau(factor=0.5, patience=3, accumulation_size=25,
                                                   min_scale=0.1)
 
 
@@ -193,10 +193,11 @@ def auto_nag_sgd(
 
   Annealing, bounded: with the training loss passed as ``value`` (Flax NNX
   ``optimizer.update(model, grads, value=loss)``), the step is halved whenever the loss averaged
-  over windows of 50 updates has not set a new low for 5 windows, down to a tenth of the distance
-  rate at most (``optax.contrib.reduce_on_plateau(0.5, 5, accumulation_size=50,
-  min_scale=0.1)``): enough to settle into a narrow valley (Optax's Rosenbrock check), never a
-  collapse. Without ``value`` the rate is the distance estimate alone.
+  over windows of 25 updates has not set a new low for 3 windows, down to a tenth of the distance
+  rate at most (``optax.contrib.reduce_on_plateau(0.5, 3, accumulation_size=25,
+  min_scale=0.1)``): enough to settle into a narrow valley (Optax's Rosenbrock check) and to
+  finish a run the way a decayed schedule does, never a collapse. Without ``value`` the rate is
+  the distance estimate alone.
 
   Works in every Optax / Flax loop: no extra argument is needed (Flax linen's ``TrainState``
   passes none). A non-finite gradient skips the update (state kept); ``max_nonfinite`` of them
@@ -289,10 +290,11 @@ def auto_nadamw(
 
   Annealing, bounded: with the training loss passed as ``value`` (Flax NNX
   ``optimizer.update(model, grads, value=loss)``), the step is halved whenever the loss averaged
-  over windows of 50 updates has not set a new low for 5 windows, down to a tenth of the distance
-  rate at most (``optax.contrib.reduce_on_plateau(0.5, 5, accumulation_size=50,
-  min_scale=0.1)``): enough to settle into a narrow valley (Optax's Rosenbrock check), never a
-  collapse. Without ``value`` the rate is the distance estimate alone.
+  over windows of 25 updates has not set a new low for 3 windows, down to a tenth of the distance
+  rate at most (``optax.contrib.reduce_on_plateau(0.5, 3, accumulation_size=25,
+  min_scale=0.1)``): enough to settle into a narrow valley (Optax's Rosenbrock check) and to
+  finish a run the way a decayed schedule does, never a collapse. Without ``value`` the rate is
+  the distance estimate alone.
 
   Stopping: as :func:`auto_nag_sgd` (``validation_patience`` with a ``validation_loss`` extra
   argument, ``patience`` on ``value``, ``max_steps``, ``min_learning_rate``); none by default.
