@@ -58,7 +58,11 @@ ADAM_GRID = {5: (3e-4, 1e-3, 3e-3, 1e-2, 3e-2), 3: (1e-3, 3e-3, 1e-2)}
 SGD_GRID = {5: (0.01, 0.03, 0.1, 0.3, 1.0), 3: (0.03, 0.1, 0.3)}
 WARMUP_FRACTION = 0.05
 ROBUST_LRS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
-STOP_PATIENCE_FRACTION = 0.2  # patience P = 0.2 B steps (200 steps at B = 1000)
+STOP_PATIENCE_FRACTION = 0.2
+# A whole long run at the defaults, where a collapsing rate shows (the old auto_nag_sgd froze from
+# step ~1,000 and sat at its 1e-8 floor by 2,500-4,000 on digits MLPs).
+LONG_RUN_WORKLOAD = "digits_mlp"
+LONG_RUN_STEPS = {"smoke": 400, "quick": 2_000, "full": 10_000}  # patience P = 0.2 B steps (200 steps at B = 1000)
 TIMED_BLOCKS = 4  # the single-seed run that measures ms/step (full mode): 4 evaluation blocks
 TIMING_REPEATS = 3
 
@@ -331,8 +335,47 @@ def _run_workload(name, settings, mode, progress, timer) -> dict:
           worst_relative=algoperf.relative_loss(worst, best, wl.higher_is_better)
           if np.isfinite(worst) else math.inf)
       progress.update(1)
+  if name == LONG_RUN_WORKLOAD and mode in LONG_RUN_STEPS:
+    res["long_run"] = _long_run(wl, seeds, LONG_RUN_STEPS[mode], progress, timer)
   res["wall_s"] = time.perf_counter() - t0
   return res
+
+
+def long_run_methods() -> dict:
+  """Untuned defaults a new user would try, over a whole long run: name -> factory()."""
+  out = {n: (lambda f: lambda: _call(f))(f) for n, f in nag_factories().items()}
+  out["optax.contrib.prodigy()"] = optax.contrib.prodigy
+  out["optax.adamw(1e-3)"] = lambda: optax.adamw(1e-3)
+  out["optax.sgd(0.1, 0.9, nesterov=True)"] = lambda: optax.sgd(0.1, 0.9, nesterov=True)
+  return out
+
+
+def _long_run(wl, seeds, steps, progress, timer) -> dict:
+  """Every long-run method for ``steps`` steps at its defaults: does the training loss keep
+  falling, and where does the learning rate end?"""
+  eval_every = steps // 40
+  params = _stack([wl.init_params(s)[1] for s in range(seeds)])
+  batches = jnp.stack([jnp.asarray(wl.batch_indices(s, steps)) for s in range(seeds)])
+  out_all = {}
+  for n, f in long_run_methods().items():
+    progress.set_postfix_str(f"{wl.name}: long run {n[:30]}")
+    trainer = core.make_trainer(wl, (lambda ff: lambda h: ff())(f), steps // eval_every,
+                                eval_every)
+    out, seconds, _ = _run_grid(wl, trainer, params, batches, (math.nan,))
+    timer.add(f"{wl.name}: long run", seconds)
+    train = np.median(out["train_loss"][0], 0)  # (blocks,)
+    blocks = len(train)
+    early = float(np.mean(train[blocks // 5: 2 * blocks // 5]))
+    late = float(np.mean(train[4 * blocks // 5:]))
+    lr = np.nanmedian(out["lr"][0], 0) if np.isfinite(out["lr"][0]).any() else None
+    out_all[n] = dict(
+        train_loss_curve=train.tolist(), eval_every=eval_every, steps=steps,
+        train_loss_early=early, train_loss_late=late, late_over_early=late / early,
+        final_metric=float(np.median(out["metric"][0][:, -1])),
+        final_lr=float(lr[-1]) if lr is not None else None,
+        max_lr=float(np.nanmax(lr)) if lr is not None else None,
+        lr_curve=lr.tolist() if lr is not None else None)
+  return out_all
 
 
 # ---------------------------------------------------------------------------------------------
@@ -400,10 +443,12 @@ def render_markdown(suite: WorkloadsResult) -> str:
                                          f"**differs from the pinned `{i['pinned_sha256']}`** "
                                          "(another Python version): numbers are not comparable "
                                          "with runs on the pinned corpus."), ""]
-    parts += ["| method | lr | steps to target (per seed) | val metric at B | at 1.5 B | "
-              "val loss (end) | train loss (last block) | ms/step | final lr |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    parts += ["| method | lr | steps to target (per seed) | vs target setter | val metric at B | "
+              "at 1.5 B | val loss (end) | train loss (last block) | ms/step | final lr |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    setter_steps = res["methods"][res["target_set_by"]]["steps_to_target"]
     for n, e in res["methods"].items():
+      vs = e["steps_to_target"] / setter_steps if setter_steps > 0 else math.inf
       v = e["values"][e["best"]]
       per_seed = ", ".join(_steps(s) for s in e["per_seed_steps"])
       lr = _fmt(e["lr"], "g") if e["kind"] == "baseline" else "—"
@@ -412,7 +457,7 @@ def render_markdown(suite: WorkloadsResult) -> str:
         final_lr = f"{e['final_lr']:.2e}" + (" **at floor**" if e["lr_at_floor"] else "")
       parts.append(
           f"| {n} | {lr} | {_steps(e['steps_to_target'])} ({per_seed}) | "
-          f"{_fmt(v['metric_at_B'], '.4f')} | "
+          f"{_fmt(vs, '.2f') if math.isfinite(vs) else '-'} | {_fmt(v['metric_at_B'], '.4f')} | "
           f"{_fmt(v['metric_at_1_5B'], '.4f') if e['kind'] != 'baseline' else '—'} | "
           f"{_fmt(v['final_val_loss'], '.4f')} | {_fmt(v['final_train_loss'], '.4f')} | "
           f"{e['ms_per_step']:.2f} | {final_lr} |")
@@ -429,6 +474,23 @@ def render_markdown(suite: WorkloadsResult) -> str:
                                  for p in ps) + " | "
                      + ", ".join(_steps(p["best_step"]) for p in ps) + " | "
                      + ", ".join(_fmt(100 * p["relative_loss"], ".2f") + "%" for p in ps) + " |")
+    if "long_run" in res:
+      lr_ = res["long_run"]
+      steps = next(iter(lr_.values()))["steps"]
+      parts += ["", f"Long run: {steps:,} steps at the defaults (nothing tuned), median over "
+                "seeds. Training loss (mean over an evaluation block) at 20% / 50% / the end of "
+                "the run; late / early = mean training loss over the last fifth over that of "
+                "the second fifth (below 1: still falling); final validation "
+                f"{res['metric']}; the learning rate at the end against its largest.", "",
+                "| method | train loss 20% | 50% | end | late / early | final val | final lr "
+                "(max) |", "|---|---|---|---|---|---|---|"]
+      for n, r in lr_.items():
+        c = r["train_loss_curve"]
+        rate = (f"{r['final_lr']:.2e} ({r['max_lr']:.2e})" if r["final_lr"] is not None
+                else "—")
+        parts.append(f"| {n} | {c[len(c) // 5 - 1]:.2e} | {c[len(c) // 2 - 1]:.2e} | "
+                     f"{c[-1]:.2e} | {r['late_over_early']:.2f} | {r['final_metric']:.4f} | "
+                     f"{rate} |")
     if "robust" in res:
       parts += ["", f"Robustness: final validation {res['metric']} (median over seeds) from "
                 "each initial learning rate.", "",
@@ -507,6 +569,18 @@ def render_plot(suite: WorkloadsResult, path: str) -> None:
       ax.semilogx(ROBUST_LRS, r["final"], "o-", color=colors[m], label=m)
     ax.set_xlabel("initial learning rate")
     ax.set_title(f"{res['label']}: final validation {res['metric']}", fontsize=9)
+    ax.legend(fontsize=6)
+    col += 1
+  for w, res in suite.workloads.items():
+    if "long_run" not in res or col >= n:
+      continue
+    ax = axes[2, col]
+    for m, r in res["long_run"].items():
+      c = np.asarray(r["train_loss_curve"], float)
+      ax.semilogy((np.arange(len(c)) + 1) * r["eval_every"], c,
+                  color=colors.get(m, "tab:gray"), lw=1.4, label=m)
+    ax.set_xlabel("step")
+    ax.set_title(f"{res['label']}: training loss over a long run (defaults)", fontsize=9)
     ax.legend(fontsize=6)
     col += 1
   for ax in list(axes[2, col:]):
