@@ -141,3 +141,28 @@ def test_optimistix_optax_minimiser_converges(x64):
   solver = optx.OptaxMinimiser(nag_optax.auto_nag(rtol=None), rtol=1e-10, atol=1e-10)
   sol = optx.minimise(lambda x, args: q.value(x), solver, x0, max_steps=20_000)
   np.testing.assert_allclose(np.asarray(sol.value), q.x_star, atol=1e-6)
+
+
+def test_a_second_call_with_the_same_function_does_not_compile_again():
+  traces = []
+
+  def loss(x):
+    traces.append(1)  # runs only while JAX traces the loop
+    return jnp.sum((x - 2.0) ** 2)
+
+  first = nag_optax.minimize(loss, jnp.zeros(3))
+  count = len(traces)
+  second = nag_optax.minimize(loss, jnp.ones(3))
+  assert len(traces) == count  # the cached compiled loop ran; nothing was traced again
+  assert first.stop_reason == second.stop_reason == nag_optax.StopReason.RTOL
+  nag_optax.minimize(loss, jnp.zeros(4))  # a new shape compiles once more, as jit does
+  assert len(traces) > count
+
+
+def test_stop_reason_of_a_vmapped_solution_is_an_array_of_reasons():
+  loss = lambda x, c: jnp.sum((x - c) ** 2)
+  sols = jax.vmap(lambda c: nag_optax.minimize(loss, jnp.zeros(2), args=(c,), max_steps=3,
+                                               optimizer=nag_optax.nag(0.01)))(jnp.ones(3))
+  reasons = sols.stop_reason
+  assert reasons.shape == (3,)
+  assert all(r == nag_optax.StopReason.MAX_STEPS for r in reasons)

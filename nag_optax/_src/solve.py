@@ -1,9 +1,11 @@
 """``minimize``: a jit-compiled solver loop that runs an optimizer until its stopping signal."""
 
+import functools
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from nag_optax._src import numerics
@@ -22,9 +24,18 @@ class Solution(NamedTuple):
   aux: Any = None  # auxiliary output of ``fun`` at ``params`` when ``has_aux``.
 
   @property
-  def stop_reason(self) -> "stopping.StopReason":
-    """``reason`` as a :class:`StopReason` (unbatched, concrete solutions only)."""
-    return stopping.StopReason(int(self.reason))
+  def stop_reason(self):
+    """``reason`` as a :class:`StopReason`; for a batched (vmapped) solution, a NumPy object
+    array of them with the batch shape; inside ``jit`` (a traced solution), the int32 codes."""
+    if isinstance(self.reason, jax.core.Tracer):
+      return self.reason
+    codes = np.asarray(self.reason)
+    if codes.ndim == 0:
+      return stopping.StopReason(int(codes))
+    out = np.empty(codes.shape, dtype=object)
+    for index, code in np.ndenumerate(codes):
+      out[index] = stopping.StopReason(int(code))
+    return out
 
 
 def _has_stop_state(optimizer, params) -> bool:
@@ -117,6 +128,22 @@ def minimize(
   validation.check_int("callback_every", callback_every, low=1, allow_none=False)
   if not callable(fun):
     raise ValueError(f"fun must be callable, got {type(fun).__name__}.")
+  for name, tol in (("gtol", gtol), ("rtol", rtol), ("ftol", ftol), ("xtol", xtol)):
+    if tol is not None:
+      validation.check_range(name, tol, low=0.0)
+  key = (fun, optimizer, has_aux, max_steps, gtol, rtol, ftol, xtol, callback, callback_every)
+  try:
+    run = _compiled_loop(*key)
+  except TypeError:  # an unhashable fun or callback: build the loop for this call only
+    run = _compiled_loop.__wrapped__(*key)
+  return run(params, tuple(args))
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_loop(fun, optimizer, has_aux, max_steps, gtol, rtol, ftol, xtol, callback,
+                   callback_every):
+  """The jitted solver loop for one configuration, cached: a second :func:`minimize` with the
+  same function, optimizer and settings reuses the compiled loop (for the same shapes)."""
   tolerances = dict(gtol=gtol, rtol=rtol, ftol=ftol, xtol=xtol)
   given = {k: v for k, v in tolerances.items() if v is not None}
   if optimizer is None:
@@ -124,13 +151,23 @@ def minimize(
     # Tolerances given here replace auto_nag's default rtol rather than adding to it.
     optimizer = alias.auto_nag(**{"rtol": None, **given}) if given else alias.auto_nag()
     given = {}
-  if _has_stop_state(optimizer, params):
-    if given:
-      raise ValueError(f"optimizer already has a stopping signal; pass {sorted(given)} to its "
-                       "stop_when(...) (or auto_nag(...)) instead of to minimize.")
-  else:
-    optimizer = stopping.stop_when(optimizer, max_steps=max_steps, **given)
 
+  @jax.jit
+  def run(params, args):
+    opt = optimizer
+    if _has_stop_state(opt, params):
+      if given:
+        raise ValueError(f"optimizer already has a stopping signal; pass {sorted(given)} to its "
+                         "stop_when(...) (or auto_nag(...)) instead of to minimize.")
+    else:
+      opt = stopping.stop_when(opt, max_steps=max_steps, **given)
+    return _loop(fun, opt, params, args, has_aux, max_steps, callback, callback_every)
+
+  return run
+
+
+def _loop(fun, optimizer, params, args, has_aux, max_steps, callback, callback_every):
+  """The ``lax.while_loop`` of :func:`minimize` (traced inside its jitted ``run``)."""
   def value_fn(p):
     out = fun(p, *args)
     return out[0] if has_aux else out
