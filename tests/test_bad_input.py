@@ -67,3 +67,34 @@ def test_bad_numbers_are_rejected_naming_the_argument(factory_name, parameter, b
   with pytest.raises((TypeError, ValueError), match=parameter):
     tx = factory(**kwargs)
     tx.init(jnp.zeros(2))  # an error at init is acceptable too, never at the first update
+
+
+@pytest.mark.parametrize("name", ["nag", "auto_nag", "auto_nag_sgd", "auto_nadamw"])
+def test_integer_params_are_rejected_at_init_naming_the_leaf(name):
+  tx = nag_optax.nag(0.1) if name == "nag" else getattr(nag_optax, name)()
+  with pytest.raises(TypeError, match=r"\['steps'\].*int32"):
+    tx.init({"w": jnp.zeros(3), "steps": jnp.arange(3, dtype=jnp.int32)})
+
+
+@pytest.mark.parametrize("name", ["nag", "auto_nag", "auto_nag_sgd", "auto_nadamw"])
+def test_an_empty_pytree_is_a_valid_no_op(name):
+  tx = nag_optax.nag(0.1) if name == "nag" else getattr(nag_optax, name)()
+  updates, _ = tx.update({}, tx.init({}), {})
+  assert updates == {}
+
+
+def test_minimize_rejects_nan_initial_params_naming_the_leaf():
+  with pytest.raises(ValueError, match=r"\['b'\].*NaN"):
+    nag_optax.minimize(lambda p: jnp.sum(p["a"] ** 2 + p["b"] ** 2),
+                       {"a": jnp.ones(2), "b": jnp.array([1.0, jnp.nan])})
+
+
+def test_minimize_rejects_a_non_scalar_loss():
+  with pytest.raises(ValueError, match="scalar loss.*shape \\(3,\\)"):
+    nag_optax.minimize(lambda x: (x - 1.0) ** 2, jnp.zeros(3))
+
+
+def test_minimize_warns_when_the_tolerance_is_below_bfloat16_resolution():
+  with pytest.warns(UserWarning, match="rtol=1e-06 is below the resolution"):
+    nag_optax.minimize(lambda x: jnp.sum((x - 1.0) ** 2), jnp.zeros(3, jnp.bfloat16),
+                       max_steps=5)

@@ -145,6 +145,7 @@ def scale_by_distance(
                     f"optax.contrib.reduce_on_plateau()), got {type(plateau).__name__}.")
 
   def init_fn(params):
+    validation.check_float_params(params)
     dtype = numerics.scalar_dtype(params)
     d0 = jnp.asarray(learning_rate, dtype)
     return ScaleByDistanceState(
@@ -382,6 +383,7 @@ def scale_by_hypergradient(
                     f"optax.contrib.reduce_on_plateau()), got {type(plateau).__name__}.")
 
   def init_fn(params):
+    validation.check_float_params(params)
     dtype = numerics.scalar_dtype(params)
     rate = jnp.clip(jnp.asarray(learning_rate, dtype), lower, upper)
     return ScaleByHypergradientState(

@@ -127,6 +127,7 @@ def nesterov(
   accumulator_dtype = None if accumulator_dtype is None else jnp.dtype(accumulator_dtype)
 
   def init_fn(params):
+    validation.check_float_params(params)
     dtype = numerics.scalar_dtype(params)
     return NesterovState(
         count=jnp.zeros((), jnp.int32),

@@ -1,6 +1,7 @@
 """``minimize``: a jit-compiled solver loop that runs an optimizer until its stopping signal."""
 
 import functools
+import warnings
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -131,12 +132,41 @@ def minimize(
   for name, tol in (("gtol", gtol), ("rtol", rtol), ("ftol", ftol), ("xtol", xtol)):
     if tol is not None:
       validation.check_range(name, tol, low=0.0)
+  _check_initial_params(params)
+  if optimizer is None:
+    _warn_if_below_resolution(params, rtol if rtol is not None else (
+        None if any(t is not None for t in (gtol, ftol, xtol)) else 1e-6), "rtol")
   key = (fun, optimizer, has_aux, max_steps, gtol, rtol, ftol, xtol, callback, callback_every)
   try:
     run = _compiled_loop(*key)
   except TypeError:  # an unhashable fun or callback: build the loop for this call only
     run = _compiled_loop.__wrapped__(*key)
   return run(params, tuple(args))
+
+
+def _check_initial_params(params) -> None:
+  """Concrete initial params must be finite floats (a NaN start can only end in NONFINITE)."""
+  validation.check_float_params(params)
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    if isinstance(leaf, jax.core.Tracer):
+      continue
+    if not bool(jnp.all(jnp.isfinite(leaf))):
+      where = jax.tree_util.keystr(path) or "params"
+      raise ValueError(f"params must be finite; the leaf {where} holds NaN or inf.")
+
+
+def _warn_if_below_resolution(params, rtol, name) -> None:
+  """Warn when a relative tolerance is finer than the params' floating-point resolution."""
+  if rtol is None:
+    return
+  coarsest = max((float(jnp.finfo(leaf.dtype).eps) for leaf in jax.tree.leaves(params)
+                  if jnp.issubdtype(leaf.dtype, jnp.floating)), default=0.0)
+  if 0 < rtol < coarsest:
+    warnings.warn(f"{name}={rtol:g} is below the resolution of the params' dtype (machine "
+                  f"epsilon {coarsest:.1e}): the gradient may never get that small relative to "
+                  f"its start, and the loop may run to max_steps. Use float32 params (keep "
+                  f"bfloat16 for the model's compute) or {name} >= {coarsest:.0e}.",
+                  stacklevel=3)
 
 
 @functools.lru_cache(maxsize=64)
@@ -172,6 +202,10 @@ def _loop(fun, optimizer, params, args, has_aux, max_steps, callback, callback_e
     out = fun(p, *args)
     return out[0] if has_aux else out
 
+  shape = jax.eval_shape(value_fn, params).shape  # at trace time only
+  if shape != ():
+    raise ValueError(f"fun must return a scalar loss (with has_aux=True: (loss, aux)); it "
+                     f"returned shape {shape}. Reduce it, e.g. with jnp.mean.")
   value_and_grad = jax.value_and_grad(fun, has_aux=has_aux)
 
   def evaluate(p):

@@ -146,6 +146,7 @@ def scale_by_curvature(
   validation.check_int("max_backtracking_steps", max_backtracking_steps, low=1, allow_none=False)
 
   def init_fn(params):
+    validation.check_float_params(params)
     dtype = numerics.scalar_dtype(params)
     return ScaleByCurvatureState(
         count=jnp.zeros((), jnp.int32),
@@ -302,6 +303,7 @@ def scale_by_backtracking(
   validation.check_int("max_backtracking_steps", max_backtracking_steps, low=1, allow_none=False)
 
   def init_fn(params):
+    validation.check_float_params(params)
     dtype = numerics.scalar_dtype(params)
     izero = jnp.zeros((), jnp.int32)
     return ScaleByBacktrackingState(count=izero, learning_rate=jnp.zeros((), dtype),

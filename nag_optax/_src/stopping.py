@@ -158,6 +158,7 @@ def stop_when(
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params):
+    validation.check_float_params(params)
     inner_state = inner.init(params)
     if min_learning_rate is not None and not _learning_rates(inner_state):
       raise ValueError("min_learning_rate needs an inner transformation whose state has a "

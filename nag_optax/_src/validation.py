@@ -91,3 +91,20 @@ def check_float_dtype(name: str, value: Any) -> None:
     raise ValueError(f"{name} must be a floating dtype or None, got {value!r}.") from e
   if not jnp.issubdtype(dtype, jnp.floating):
     raise ValueError(f"{name} must be a floating dtype or None, got {value!r}.")
+
+
+def check_float_params(params: Any) -> None:
+  """Raise TypeError naming the first leaf of ``params`` that is not a floating-point array.
+
+  Integer (or bool, complex) parameters cannot take a gradient step: an update would be
+  truncated or wrap around. Checked at ``init`` from dtypes only, so it works under ``jit``.
+  """
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    dtype = getattr(leaf, "dtype", None)
+    if dtype is None:
+      dtype = np.asarray(leaf).dtype
+    if not jnp.issubdtype(dtype, jnp.floating):
+      where = jax.tree_util.keystr(path) or "params"
+      raise TypeError(f"params must be floating-point arrays; the leaf {where} has dtype "
+                      f"{dtype}. Cast it (e.g. jnp.asarray(x, jnp.float32)) or keep it out of "
+                      "the optimized tree (optax.masked / nnx.Param filters).")
