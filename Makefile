@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 BENCH_ARGS ?= --quick
 
-.PHONY: test bench bench-full clean
+.PHONY: test bench bench-full wheel-check clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,5 +29,16 @@ bench: $(VENV)/.bench-stamp
 bench-full: $(VENV)/.bench-stamp
 	$(PY) -m benchmarks --full
 
+# Build the wheel a user would install, install it into a fresh venv (not the repo's), import it.
+wheel-check: | $(PY)
+	rm -rf dist build/wheel-venv
+	$(PY) -m pip wheel -q . --no-deps -w dist
+	$(PYTHON) -m venv build/wheel-venv
+	build/wheel-venv/bin/python -m pip install -q dist/nag_optax-*.whl
+	cd build && wheel-venv/bin/python -c "import jax.numpy as jnp, nag_optax; \
+	  sol = nag_optax.minimize(lambda x: jnp.sum((x - 1.0) ** 2), jnp.zeros(3)); \
+	  assert nag_optax.__file__.find('wheel-venv') > 0, nag_optax.__file__; \
+	  print('wheel OK:', nag_optax.__version__, sol)"
+
 clean:
-	rm -rf $(VENV) build *.egg-info bench_out
+	rm -rf $(VENV) build dist *.egg-info bench_out

@@ -166,3 +166,10 @@ def test_stop_reason_of_a_vmapped_solution_is_an_array_of_reasons():
   reasons = sols.stop_reason
   assert reasons.shape == (3,)
   assert all(r == nag_optax.StopReason.MAX_STEPS for r in reasons)
+
+
+def test_a_solution_prints_readably():
+  sol = nag_optax.minimize(lambda x: jnp.sum((x - 1.0) ** 2), jnp.zeros(3))
+  text = repr(sol)
+  assert text.startswith("Solution(RTOL: gradient norm <= rtol")
+  assert "steps=" in text and "params=(3,)" in text and "Array(" not in text

@@ -24,6 +24,16 @@ class Solution(NamedTuple):
   reason: jax.Array  # int32 StopReason code; MAX_STEPS when the loop ran out.
   aux: Any = None  # auxiliary output of ``fun`` at ``params`` when ``has_aux``.
 
+  def __repr__(self) -> str:
+    reason = self.stop_reason
+    if isinstance(reason, stopping.StopReason):
+      return (f"Solution({reason.name}: {reason.description}; steps={int(self.steps)}, "
+              f"value={float(self.value):.6g}, grad_norm={float(self.grad_norm):.3g}, "
+              f"params={jax.tree.map(lambda x: getattr(x, 'shape', ()), self.params)})")
+    return (f"Solution(batched {np.shape(self.reason)}: reasons "
+            f"{[r.name for r in np.ravel(reason)] if not isinstance(reason, jax.Array) else reason}"
+            f", steps={np.asarray(self.steps).tolist() if not isinstance(self.steps, jax.core.Tracer) else self.steps})")
+
   @property
   def stop_reason(self):
     """``reason`` as a :class:`StopReason`; for a batched (vmapped) solution, a NumPy object
