@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 BENCH_ARGS ?= --quick
 
-.PHONY: test bench bench-full wheel-check clean
+.PHONY: test bench bench-full wheel-check notebooks clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ bench: $(VENV)/.bench-stamp
 
 bench-full: $(VENV)/.bench-stamp
 	$(PY) -m benchmarks --full
+
+# Re-execute the notebooks in place (full size) so the committed copies carry fresh outputs.
+notebooks: $(VENV)/.test-stamp
+	MPLBACKEND=Agg $(PY) notebooks/execute.py
 
 # Build the wheel a user would install, install it into a fresh venv (not the repo's), import it.
 wheel-check: | $(PY)

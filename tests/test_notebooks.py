@@ -48,3 +48,17 @@ def test_notebook_runs(name, kernel_env):  # pylint: disable=unused-argument,red
   errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
             if o.get("output_type") == "error"]
   assert not errors, errors
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_committed_notebook_shows_its_outputs(name):
+  # A Colab or GitHub reader sees the stored outputs before running anything (`make notebooks`
+  # refreshes them): each notebook was run top to bottom in one session, without errors, and
+  # shows its figures.
+  nb = nbformat.read(NOTEBOOKS_DIR / name, as_version=4)
+  code = [c for c in nb.cells if c.cell_type == "code"]
+  counts = [c.get("execution_count") for c in code]
+  assert counts == list(range(1, len(code) + 1)), counts
+  outputs = [o for c in code for o in c.get("outputs", [])]
+  assert not [o for o in outputs if o.get("output_type") == "error"]
+  assert any("image/png" in o.get("data", {}) for o in outputs), "no figure stored"

@@ -224,7 +224,11 @@ def test_stop_reason_names_and_batched_states():
   grads = jnp.array([[0.1, 0.1], [1.0, 1.0], [0.2, 0.0]])
   _, states = jax.vmap(lambda g, s: tx.update(g, s))(grads, states)
   np.testing.assert_array_equal(nag_optax.should_stop(states), [True, False, True])
-  np.testing.assert_array_equal(nag_optax.stop_reason(states), [1, 0, 1])
+  reasons = nag_optax.stop_reason(states)
+  assert list(reasons) == [StopReason.GTOL, StopReason.NOT_STOPPED, StopReason.GTOL]
+  assert [r.name for r in reasons] == ["GTOL", "NOT_STOPPED", "GTOL"]
+  traced = jax.jit(nag_optax.stop_reason)(states)  # inside jit: the int32 codes
+  np.testing.assert_array_equal(traced, [1, 0, 1])
 
 
 @pytest.mark.parametrize("kwargs,name", [

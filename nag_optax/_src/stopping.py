@@ -303,8 +303,8 @@ def should_stop(state) -> jax.Array:
 
 
 def stop_reason(state):
-  """Why the signal fired: a :class:`StopReason` for a concrete unbatched state, else the int32
-  code array (convert with ``StopReason(int(code))``).
+  """Why the signal fired: a :class:`StopReason`; for a batched (vmapped) concrete state a NumPy
+  object array of them; inside ``jit`` (a traced state) the int32 code array.
 
   Examples:
     >>> import jax.numpy as jnp, nag_optax
@@ -314,6 +314,12 @@ def stop_reason(state):
     <StopReason.MAX_STEPS: 5>
   """
   code = _unwrap(_stop_states(state)[0].reason)
-  if isinstance(code, jax.core.Tracer) or np.ndim(code) != 0:
+  if isinstance(code, jax.core.Tracer):
     return code
-  return StopReason(int(code))
+  codes = np.asarray(code)
+  if codes.ndim == 0:
+    return StopReason(int(codes))
+  out = np.empty(codes.shape, dtype=object)
+  for index, c in np.ndenumerate(codes):
+    out[index] = StopReason(int(c))
+  return out
