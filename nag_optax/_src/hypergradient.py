@@ -16,6 +16,23 @@ from nag_optax._src import numerics
 from nag_optax._src import validation
 
 
+def _feed_plateau(plateau, plateau_state, scale, value, finite, dtype):
+  """(the plateau's new scale, its new state) after feeding it ``value``; unchanged without a
+  plateau or a ``value``, and a non-finite step or loss never reaches it."""
+  if plateau is None or value is None:
+    return scale, plateau_state
+  unit, new_state = plateau.update(jnp.ones((), dtype), plateau_state, value=value)
+  feed = finite & jnp.isfinite(jnp.asarray(value))
+  return (jnp.where(feed, jnp.asarray(unit, dtype), scale),
+          optax.tree.where(feed, new_state, plateau_state))
+
+
+def _check_plateau(plateau) -> None:
+  if plateau is not None and not isinstance(plateau, optax.GradientTransformation):
+    raise TypeError("plateau must be an optax transformation (e.g. "
+                    f"optax.contrib.reduce_on_plateau()), got {type(plateau).__name__}.")
+
+
 class ScaleByDistanceState(NamedTuple):
   """State of :func:`scale_by_distance`."""
   count: jax.Array  # int32: updates taken.
@@ -140,9 +157,7 @@ def scale_by_distance(
       raise TypeError("direction must be an optax transformation or None, got "
                       f"{type(direction).__name__}.")
     direction = optax.with_extra_args_support(direction)
-  if plateau is not None and not isinstance(plateau, optax.GradientTransformation):
-    raise TypeError("plateau must be an optax transformation (e.g. "
-                    f"optax.contrib.reduce_on_plateau()), got {type(plateau).__name__}.")
+  _check_plateau(plateau)
 
   def init_fn(params):
     validation.check_float_params(params)
@@ -187,12 +202,8 @@ def scale_by_distance(
       dir_updates, dir_state = direction.update(updates, state.direction, params, value=value,
                                                 **extra_args)
       v, vmax = state.mean_square, state.max_mean_square
-    scale, plateau_state = state.plateau_scale, state.plateau
-    if plateau is not None and value is not None:
-      unit, new_plateau_state = plateau.update(jnp.ones((), dtype), state.plateau, value=value)
-      feed = finite & jnp.isfinite(jnp.asarray(value))  # a NaN loss never reaches the plateau
-      plateau_state = optax.tree.where(feed, new_plateau_state, state.plateau)
-      scale = jnp.where(feed, jnp.asarray(unit, dtype), scale)
+    scale, plateau_state = _feed_plateau(plateau, state.plateau, state.plateau_scale, value,
+                                         finite, dtype)
     rate = step_scale * d * scale
     new_updates = jax.tree.map(lambda a, g: (-rate * a.astype(acc)).astype(g.dtype),
                                dir_updates, updates)
@@ -378,9 +389,7 @@ def scale_by_hypergradient(
   lower, upper = learning_rate_bounds
   validation.check_range("learning_rate_bounds[0]", lower, low=0.0, low_inclusive=False)
   validation.check_range("learning_rate_bounds[1]", upper, low=lower, low_inclusive=False)
-  if plateau is not None and not isinstance(plateau, optax.GradientTransformation):
-    raise TypeError("plateau must be an optax transformation (e.g. "
-                    f"optax.contrib.reduce_on_plateau()), got {type(plateau).__name__}.")
+  _check_plateau(plateau)
 
   def init_fn(params):
     validation.check_float_params(params)
@@ -430,15 +439,12 @@ def scale_by_hypergradient(
       new_rates = [jnp.where(w & (c > 0), eta * warmup_growth, new)
                    for w, c, eta, new in zip(warming, cosines, rates, new_rates)]
 
-    scale, plateau_state = state.plateau_scale, state.plateau
+    scale = state.plateau_scale
+    new_scale, plateau_state = _feed_plateau(plateau, state.plateau, scale, value, finite, dtype)
     if plateau is not None and value is not None:
-      unit, new_plateau_state = plateau.update(jnp.ones((), dtype), state.plateau, value=value)
-      feed = finite & jnp.isfinite(jnp.asarray(value))  # a NaN loss never reaches the plateau
-      plateau_state = optax.tree.where(feed, new_plateau_state, state.plateau)
-      new_scale = jnp.where(feed, jnp.asarray(unit, dtype), scale)
       ratio = jnp.where(scale > 0, new_scale / jnp.where(scale > 0, scale, 1.0), 1.0)
       new_rates = [eta * ratio for eta in new_rates]
-      scale = new_scale
+    scale = new_scale
     high = jnp.maximum(upper * scale, lower)
     new_rates = [jnp.clip(eta, lower, high) for eta in new_rates]
     # A non-finite gradient leaves every rate as it was.
