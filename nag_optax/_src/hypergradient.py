@@ -36,7 +36,7 @@ def _check_plateau(plateau) -> None:
 class ScaleByDistanceState(NamedTuple):
   """State of :func:`scale_by_distance`."""
   count: jax.Array  # int32: updates taken.
-  learning_rate: jax.Array  # the rate the next update applies to the direction: step_scale * d.
+  learning_rate: jax.Array  # the rate the next update applies: step_scale * d * plateau_scale.
   distance: jax.Array  # d_k, the distance estimate; never decreases after the first update.
   numerator: jax.Array  # r_k = sum_i decay^(k-i) d_i^2 <g_i, x_0 - x_i>.
   mean_square: jax.Array  # EMA of mean(g^2) (default direction; 0 otherwise).
@@ -121,7 +121,8 @@ def scale_by_distance(
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; the state's ``learning_rate`` is the rate the
-    next update applies to the direction (``step_scale * d``), ``distance`` is ``d``.
+    next update applies to the direction (``step_scale * d`` times the plateau factor),
+    ``distance`` is ``d``.
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax, nag_optax

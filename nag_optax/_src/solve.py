@@ -38,15 +38,7 @@ class Solution(NamedTuple):
   def stop_reason(self):
     """``reason`` as a :class:`StopReason`; for a batched (vmapped) solution, a NumPy object
     array of them with the batch shape; inside ``jit`` (a traced solution), the int32 codes."""
-    if isinstance(self.reason, jax.core.Tracer):
-      return self.reason
-    codes = np.asarray(self.reason)
-    if codes.ndim == 0:
-      return stopping.StopReason(int(codes))
-    out = np.empty(codes.shape, dtype=object)
-    for index, code in np.ndenumerate(codes):
-      out[index] = stopping.StopReason(int(code))
-    return out
+    return stopping.reasons_from_codes(self.reason)
 
 
 def _has_stop_state(optimizer, params) -> bool:

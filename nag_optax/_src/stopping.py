@@ -313,13 +313,18 @@ def stop_reason(state):
     >>> nag_optax.stop_reason(state)
     <StopReason.MAX_STEPS: 5>
   """
-  code = _unwrap(_stop_states(state)[0].reason)
-  if isinstance(code, jax.core.Tracer):
-    return code
-  codes = np.asarray(code)
+  return reasons_from_codes(_unwrap(_stop_states(state)[0].reason))
+
+
+def reasons_from_codes(codes):
+  """int32 reason codes as :class:`StopReason`: one for a 0-d concrete code, a NumPy object array
+  of them for batched codes; traced codes (inside ``jit``) are returned as they are."""
+  if isinstance(codes, jax.core.Tracer):
+    return codes
+  codes = np.asarray(codes)
   if codes.ndim == 0:
     return StopReason(int(codes))
   out = np.empty(codes.shape, dtype=object)
-  for index, c in np.ndenumerate(codes):
-    out[index] = StopReason(int(c))
+  for index, code in np.ndenumerate(codes):
+    out[index] = StopReason(int(code))
   return out
