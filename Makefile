@@ -1,12 +1,17 @@
-# Two entry points on a fresh machine: `make test` and `make bench`.
+# Two entry points on a fresh machine: `make test` and `make bench` (and `make test-min`).
 # Each creates .venv if missing and installs what it needs (re-installs when pyproject.toml changes).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 BENCH_ARGS ?= --quick
+VENV_MIN := .venv-min
+# Test-extra packages held at their declared floors too in the minimum-versions run (jax, jaxlib
+# and optax, the runtime dependencies, always are).
+MIN_PINNED := flax chex
+XLA_CPU_DEVICES := XLA_FLAGS="--xla_force_host_platform_device_count=8"
 
-.PHONY: test bench bench-full wheel-check notebooks clean
+.PHONY: test test-min bench bench-full wheel-check notebooks clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +26,23 @@ $(VENV)/.bench-stamp: pyproject.toml | $(PY)
 	touch $@
 
 test: $(VENV)/.test-stamp
-	XLA_FLAGS="--xla_force_host_platform_device_count=8" $(PY) -m pytest -q $(PYTEST_ARGS)
+	$(XLA_CPU_DEVICES) $(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The tests against the oldest versions pyproject.toml declares: a venv of its own with jax, jaxlib,
+# optax and $(MIN_PINNED) at exactly their `>=` floors (.ci/min_versions.py reads them, so the pins
+# cannot drift from pyproject.toml); the other test dependencies resolve as pip picks them. The
+# package's tests and doctests only: benchmarks/ is development tooling on the current versions.
+$(VENV_MIN)/.test-stamp: pyproject.toml .ci/min_versions.py
+	rm -rf $(VENV_MIN)
+	$(PYTHON) -m venv $(VENV_MIN)
+	$(VENV_MIN)/bin/python -m pip install -q --upgrade pip
+	$(PYTHON) .ci/min_versions.py $(MIN_PINNED) > $(VENV_MIN)/constraints.txt
+	$(VENV_MIN)/bin/python -m pip install -q -c $(VENV_MIN)/constraints.txt -e ".[test]"
+	touch $@
+
+test-min: $(VENV_MIN)/.test-stamp
+	@echo "pinned at their floors: $$(tr '\n' ' ' < $(VENV_MIN)/constraints.txt)"
+	$(XLA_CPU_DEVICES) $(VENV_MIN)/bin/python -m pytest -q tests nag_optax $(PYTEST_ARGS)
 
 bench: $(VENV)/.bench-stamp
 	$(PY) -m benchmarks $(BENCH_ARGS)
@@ -45,4 +66,4 @@ wheel-check: | $(PY)
 	  print('wheel OK:', nag_optax.__version__, sol)"
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info bench_out
+	rm -rf $(VENV) $(VENV_MIN) build dist *.egg-info bench_out

@@ -14,6 +14,7 @@ import optax
 import pytest
 
 import nag_optax
+from tests import x64
 
 
 def _chained_nesterov(learning_rate, schedule="convex", restart="gradient"):
@@ -178,7 +179,7 @@ def test_inject_hyperparams_gives_the_same_updates(name):
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32, "float64"])
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_preserves_dtype(name, dtype):
-  with jax.enable_x64(dtype == "float64"):
+  with x64.enable_x64(dtype == "float64"):
     opt = _make(name)
     params = {"w": jnp.ones((3, 2), jnp.dtype(dtype)), "b": jnp.zeros(2, jnp.dtype(dtype))}
     state = opt.init(params)
@@ -193,7 +194,7 @@ def test_preserves_dtype(name, dtype):
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32, "float64"])
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_state_is_stable_under_lax_cond(name, dtype):
-  with jax.enable_x64(dtype == "float64"):
+  with x64.enable_x64(dtype == "float64"):
     opt = _make(name)
     params = jnp.ones(3, jnp.dtype(dtype))
     state = opt.init(params)

@@ -11,6 +11,7 @@ from flax import nnx
 from flax.training import train_state
 
 import nag_optax
+from tests import x64
 
 
 def _reference(x0, grad_fn, steps, *, lr0, beta, growth, rho, bounds, mu):
@@ -464,7 +465,7 @@ def _distance_reference(x0, grad_fn, steps, *, d0, decay, sigma, rho, rms_decay,
 
 @pytest.mark.parametrize("direction", ["default", "adam"])
 def test_scale_by_distance_matches_the_reference_loop(direction):
-  with jax.enable_x64(True):
+  with x64.enable_x64(True):
     rng = np.random.RandomState(0)
     q = np.linalg.qr(rng.randn(6, 6))[0]
     a_mat = q @ np.diag(np.logspace(0, 2, 6)) @ q.T
@@ -494,7 +495,7 @@ def test_scale_by_distance_matches_the_reference_loop(direction):
 
 def test_distance_estimate_never_exceeds_the_distance_to_the_minimiser():
   # For a convex loss r_k <= ||s_k||_1 ||x_0 - x*||_inf (Hoelder), so d_k <= ||x_0 - x*||_inf.
-  with jax.enable_x64(True):
+  with x64.enable_x64(True):
     rng = np.random.RandomState(1)
     scales = np.logspace(0, 3, 20)
     x_star = rng.randn(20)
