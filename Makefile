@@ -11,7 +11,7 @@ VENV_MIN := .venv-min
 MIN_PINNED := flax chex
 XLA_CPU_DEVICES := XLA_FLAGS="--xla_force_host_platform_device_count=8"
 
-.PHONY: test test-min bench bench-full wheel-check notebooks clean
+.PHONY: test test-min bench bench-full wheel-check notebooks docs clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ $(VENV)/.test-stamp: pyproject.toml | $(PY)
 
 $(VENV)/.bench-stamp: pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e ".[bench]"
+	touch $@
+
+$(VENV)/.docs-stamp: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e ".[docs]"
 	touch $@
 
 test: $(VENV)/.test-stamp
@@ -54,6 +58,11 @@ bench-full: $(VENV)/.bench-stamp
 notebooks: $(VENV)/.test-stamp
 	MPLBACKEND=Agg $(PY) notebooks/execute.py
 
+# The documentation site in docs/_build/html: API reference from the docstrings, the notebooks
+# rendered from their committed outputs (not re-run), the benchmark results. Warnings are errors.
+docs: $(VENV)/.docs-stamp
+	$(VENV)/bin/sphinx-build -W --keep-going -b html docs docs/_build/html
+
 # Build the wheel a user would install, install it into a fresh venv (not the repo's), import it.
 wheel-check: | $(PY)
 	rm -rf dist build/wheel-venv
@@ -66,4 +75,4 @@ wheel-check: | $(PY)
 	  print('wheel OK:', nag_optax.__version__, sol)"
 
 clean:
-	rm -rf $(VENV) $(VENV_MIN) build dist *.egg-info bench_out
+	rm -rf $(VENV) $(VENV_MIN) build dist *.egg-info bench_out docs/_build docs/notebooks
