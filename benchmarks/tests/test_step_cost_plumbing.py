@@ -1,0 +1,84 @@
+"""Plumbing of the step-cost suite: XLA's bytes-accessed ratio and the fusion count, on a small
+model. Runs in seconds."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from benchmarks import step_cost
+
+SGD = step_cost.Method("sgd-nesterov", lambda: optax.sgd(0.1, 0.9, nesterov=True))
+
+
+def _small_problem():
+  params = {"w": jnp.full((64, 128), 0.5, jnp.float32), "b": jnp.zeros((128,), jnp.float32)}
+  value, grad = jax.value_and_grad(step_cost.loss)(params)
+  return params, grad, value
+
+
+def _traffic(method):
+  params, grad, value = _small_problem()
+  optimizer = method.make()
+  state = optimizer.init(params)
+  compiled = step_cost._step_fn(method, optimizer).lower(params, state, grad, value).compile()
+  plain = step_cost.memory_traffic(compiled, params)
+  donated = step_cost.donated_traffic(method, optimizer, params, state, grad, value)
+  return plain, donated
+
+
+def test_sgd_nesterov_bytes_ratio_is_one_fused_pass_or_two():
+  plain, donated = _traffic(SGD)
+  assert math.isfinite(plain["bytes_ratio"]) and math.isfinite(donated["bytes_ratio"])
+  # The floor: params, gradient and momentum read once, params and momentum written once (5);
+  # on XLA:CPU the momentum and the params update are two fusions reading g and m twice (7).
+  # More than 8 would be an elementwise op that did not fuse.
+  assert 5.0 - 1e-6 <= plain["bytes_ratio"] <= 8.0, plain
+  # Donating params and state lets XLA write in place (every output leaf, w and b of params and
+  # of the momentum, reuses an input); it never adds traffic to this step.
+  assert (plain["aliased_outputs"], donated["aliased_outputs"]) == (0, 4)
+  assert donated["bytes_ratio"] <= plain["bytes_ratio"] + 1e-6, (plain, donated)
+  # At least one fusion per leaf (w and b).
+  assert plain["fusions"] >= 2, plain
+
+
+def test_adam_reads_and_writes_more_than_sgd():
+  # Adam's second moment is one more state buffer: one more read and one more write at least.
+  assert _traffic(step_cost.Method("adam", lambda: optax.adam(1e-3)))[0]["bytes_ratio"] >= \
+      _traffic(SGD)[0]["bytes_ratio"] + 2.0 - 1e-6
+
+
+class _FakeCompiled:
+
+  def __init__(self, costs, text):
+    self._costs, self._text = costs, text
+
+  def cost_analysis(self):
+    return self._costs
+
+  def as_text(self):
+    return self._text
+
+
+HLO = """
+HloModule jit_step, input_output_alias={ {0}: (0, {}, may-alias) }, entry_computation_layout={}
+%fused_computation (param_0: f32[4]) -> f32[4] {
+  ROOT %add = f32[4]{0} add(%param_0, %param_0)
+}
+ENTRY %main (p: f32[4]) -> (f32[4], f32[4]) {
+  %fusion = f32[4]{0} fusion(f32[4]{0} %p), kind=kLoop, calls=%fused_computation
+  %fusion.1 = f32[4]{0} fusion(f32[4]{0} %fusion), kind=kLoop, calls=%fused_computation
+  ROOT %tuple = (f32[4]{0}, f32[4]{0}) tuple(%fusion, %fusion.1)
+}
+"""
+
+
+def test_cost_analysis_as_a_dict_or_a_list_of_dicts():
+  params = {"x": jnp.zeros((4,), jnp.float32)}  # 16 bytes
+  as_dict = step_cost.memory_traffic(_FakeCompiled({"bytes accessed": 48.0}, HLO), params)
+  as_list = step_cost.memory_traffic(_FakeCompiled([{"bytes accessed": 48.0}], HLO), params)
+  assert as_dict == as_list == {"bytes_ratio": 3.0, "fusions": 2, "aliased_outputs": 1}
+  # Two programs: the bytes add up.
+  two = _FakeCompiled([{"bytes accessed": 16.0}, {"bytes accessed": 32.0}], HLO)
+  assert step_cost.bytes_accessed(two) == 48.0
