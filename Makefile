@@ -1,4 +1,4 @@
-# Two entry points on a fresh machine: `make test` and `make bench` (and `make test-min`).
+# Two entry points on a fresh machine: `make test` and `make bench` (and `make lint`, `make test-min`).
 # Each creates .venv if missing and installs what it needs (re-installs when pyproject.toml changes).
 PYTHON ?= python3
 VENV   := .venv
@@ -11,7 +11,7 @@ VENV_MIN := .venv-min
 MIN_PINNED := flax chex
 XLA_CPU_DEVICES := XLA_FLAGS="--xla_force_host_platform_device_count=8"
 
-.PHONY: test test-min bench bench-full wheel-check notebooks docs clean
+.PHONY: test test-min lint bench bench-full wheel-check notebooks docs clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,17 @@ $(VENV)/.docs-stamp: pyproject.toml | $(PY)
 
 test: $(VENV)/.test-stamp
 	$(XLA_CPU_DEVICES) $(PY) -m pytest -q $(PYTEST_ARGS)
+
+$(VENV)/.lint-stamp: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e ".[lint]"
+	touch $@
+
+# The formatter check, the linter and the type checker (.pre-commit-config.yaml runs the same).
+# `$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .` fixes most of what they flag.
+lint: $(VENV)/.lint-stamp
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pyright --pythonpath $(PY)
 
 # The tests against the oldest versions pyproject.toml declares: a venv of its own with jax, jaxlib,
 # optax and $(MIN_PINNED) at exactly their `>=` floors (.ci/min_versions.py reads them, so the pins

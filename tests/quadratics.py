@@ -16,6 +16,7 @@ import numpy as np
 @dataclasses.dataclass(frozen=True)
 class Quadratic:
   """f(x) = 1/2 (x - x_star)^T A (x - x_star) with A = Q diag(eigenvalues) Q^T."""
+
   matrix: np.ndarray
   eigenvalues: np.ndarray
   x_star: np.ndarray
@@ -60,12 +61,15 @@ class Quadratic:
     return a @ (x - jnp.asarray(self.x_star, dtype=x.dtype))
 
   def distance_ratio(self, x) -> float:
-    return float(np.linalg.norm(np.asarray(x, np.float64) - self.x_star) /
-                 np.linalg.norm(self.x0 - self.x_star))
+    return float(
+      np.linalg.norm(np.asarray(x, np.float64) - self.x_star)
+      / np.linalg.norm(self.x0 - self.x_star)
+    )
 
 
-def spectrum(dim: int, condition_number: float, spacing: str = "log",
-             strong_convexity: float = 1.0) -> np.ndarray:
+def spectrum(
+  dim: int, condition_number: float, spacing: str = "log", strong_convexity: float = 1.0
+) -> np.ndarray:
   """Eigenvalues from mu to mu * kappa, log- or linearly spaced (both ends included)."""
   if spacing == "log":
     return strong_convexity * np.logspace(0.0, np.log10(condition_number), dim)
@@ -81,10 +85,17 @@ def random_rotation(dim: int, rng: np.random.Generator) -> np.ndarray:
   return q * np.sign(np.diag(r))
 
 
-def make_quadratic(dim: int = 300, condition_number: float = 1e4, *, spacing: str = "log",
-                   rotate: bool = True, seed: int = 0, strong_convexity: float = 1.0,
-                   x0: Optional[np.ndarray] = None) -> Quadratic:
-  """The quadratic of ANCHORS.md: x0 = 0, x* ~ N(0, I), A = Q diag(lambda) Q^T."""
+def make_quadratic(
+  dim: int = 300,
+  condition_number: float = 1e4,
+  *,
+  spacing: str = "log",
+  rotate: bool = True,
+  seed: int = 0,
+  strong_convexity: float = 1.0,
+  x0: Optional[np.ndarray] = None,
+) -> Quadratic:
+  """The reference quadratic: x0 = 0, x* ~ N(0, I), A = Q diag(lambda) Q^T."""
   rng = np.random.default_rng(seed)
   eig = spectrum(dim, condition_number, spacing, strong_convexity)
   if rotate:
@@ -108,8 +119,9 @@ def nesterov_transfer_matrix(eigenvalue: float, step: float, momentum: float) ->
   return np.array([[1.0 - h * (1.0 + b), b * b], [-h, b]])
 
 
-def nesterov_closed_form(quadratic: Quadratic, step: float, momentum: float,
-                         num_steps: int) -> np.ndarray:
+def nesterov_closed_form(
+  quadratic: Quadratic, step: float, momentum: float, num_steps: int
+) -> np.ndarray:
   """Iterate y_k for k = 0..num_steps of constant-momentum Nesterov on a diagonal quadratic,
   by matrix powers T^k of the per-eigencomponent 2x2 recurrence."""
   if not np.allclose(quadratic.matrix, np.diag(quadratic.eigenvalues)):
@@ -126,5 +138,7 @@ def nesterov_closed_form(quadratic: Quadratic, step: float, momentum: float,
 
 def nesterov_spectral_radius(quadratic: Quadratic, step: float, momentum: float) -> float:
   """Asymptotic linear rate of constant-momentum Nesterov: max spectral radius over eigenvalues."""
-  return max(float(np.max(np.abs(np.linalg.eigvals(nesterov_transfer_matrix(lam, step, momentum)))))
-             for lam in quadratic.eigenvalues)
+  return max(
+    float(np.max(np.abs(np.linalg.eigvals(nesterov_transfer_matrix(lam, step, momentum)))))
+    for lam in quadratic.eigenvalues
+  )

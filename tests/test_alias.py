@@ -15,7 +15,7 @@ _W = np.linspace(-1.0, 1.0, 15).reshape(5, 3)
 def _nonquadratic(x):
   """A smooth non-quadratic loss: softplus regression plus a quartic term."""
   z = jnp.asarray(_W, x.dtype) @ x
-  return jnp.sum(jnp.logaddexp(0.0, z)) + 0.5 * jnp.sum(x ** 2) + 0.1 * jnp.sum(x ** 4)
+  return jnp.sum(jnp.logaddexp(0.0, z)) + 0.5 * jnp.sum(x**2) + 0.1 * jnp.sum(x**4)
 
 
 def _pytorch_sgd_nesterov(grad_fn, x0, lr, momentum, num_steps):
@@ -67,7 +67,7 @@ def test_nag_passes_schedule_and_restart_through(x64):
   assert isinstance(momentum_state, nag_optax.NesterovState)
   _, state = tx.update(jnp.ones(2), state)
   _, state = tx.update(jnp.ones(2), state)
-  t2 = (1 + 5 ** 0.5) / 2
+  t2 = (1 + 5**0.5) / 2
   t3 = (1 + (1 + 4 * t2 * t2) ** 0.5) / 2
   np.testing.assert_allclose(float(state[1].momentum), (t2 - 1) / t3, rtol=1e-14)
   tx = nag_optax.nag(0.1, schedule="strongly_convex", condition_number=100.0)
@@ -75,14 +75,17 @@ def test_nag_passes_schedule_and_restart_through(x64):
   np.testing.assert_allclose(float(state[1].momentum), 9 / 11, rtol=1e-6)
 
 
-@pytest.mark.parametrize("kwargs,name", [
+@pytest.mark.parametrize(
+  "kwargs,name",
+  [
     (dict(learning_rate=-0.1), "learning_rate"),
     (dict(learning_rate=float("nan")), "learning_rate"),
     (dict(learning_rate=0.1, momentum=1.0), "momentum"),
     (dict(learning_rate=0.1, momentum=-0.5), "momentum"),
     (dict(learning_rate=0.1, schedule="nesterov"), "schedule"),
     (dict(learning_rate=0.1, restart="yes"), "restart"),
-])
+  ],
+)
 def test_nag_bad_configuration_raises(kwargs, name):
   with pytest.raises(ValueError, match=name):
     nag_optax.nag(**kwargs)

@@ -18,16 +18,16 @@ BAD_VALUES = {"string": "0.1", "bool": True, "complex": 1 + 1j, "nan": math.nan,
 
 # factory -> (the factory, its required arguments)
 FACTORIES = {
-    "nesterov": (nag_optax.nesterov, {}),
-    "scale_by_curvature": (nag_optax.scale_by_curvature, {}),
-    "scale_by_backtracking": (nag_optax.scale_by_backtracking, {}),
-    "scale_by_hypergradient": (nag_optax.scale_by_hypergradient, {}),
-    "scale_by_distance": (nag_optax.scale_by_distance, {}),
-    "stop_when": (nag_optax.stop_when, {"inner": optax.identity()}),
-    "nag": (nag_optax.nag, {"learning_rate": 0.1}),
-    "auto_nag": (nag_optax.auto_nag, {}),
-    "auto_nag_sgd": (nag_optax.auto_nag_sgd, {}),
-    "auto_nadamw": (nag_optax.auto_nadamw, {}),
+  "nesterov": (nag_optax.nesterov, {}),
+  "scale_by_curvature": (nag_optax.scale_by_curvature, {}),
+  "scale_by_backtracking": (nag_optax.scale_by_backtracking, {}),
+  "scale_by_hypergradient": (nag_optax.scale_by_hypergradient, {}),
+  "scale_by_distance": (nag_optax.scale_by_distance, {}),
+  "stop_when": (nag_optax.stop_when, {"inner": optax.identity()}),
+  "nag": (nag_optax.nag, {"learning_rate": 0.1}),
+  "auto_nag": (nag_optax.auto_nag, {}),
+  "auto_nag_sgd": (nag_optax.auto_nag_sgd, {}),
+  "auto_nadamw": (nag_optax.auto_nadamw, {}),
 }
 # Numeric arguments that take a number only in some configurations (checked where they apply).
 NOT_NUMERIC = {"condition_number"}
@@ -47,15 +47,25 @@ def _numeric_parameters(factory, required):
   return out
 
 
-CASES = [(f, p, b) for f, (factory, required) in FACTORIES.items()
-         for p in _numeric_parameters(factory, required) for b in BAD_VALUES]
+CASES = [
+  (f, p, b)
+  for f, (factory, required) in FACTORIES.items()
+  for p in _numeric_parameters(factory, required)
+  for b in BAD_VALUES
+]
 
 
 def test_the_case_list_covers_the_hyperparameters():
   names = {(f, p) for f, p, _ in CASES}
-  for expected in [("nag", "learning_rate"), ("nag", "momentum"), ("auto_nadamw", "b2"),
-                   ("stop_when", "gtol"), ("auto_nag_sgd", "learning_rate"),
-                   ("scale_by_distance", "decay"), ("auto_nag", "safety")]:
+  for expected in [
+    ("nag", "learning_rate"),
+    ("nag", "momentum"),
+    ("auto_nadamw", "b2"),
+    ("stop_when", "gtol"),
+    ("auto_nag_sgd", "learning_rate"),
+    ("scale_by_distance", "decay"),
+    ("auto_nag", "safety"),
+  ]:
     assert expected in names, expected
 
 
@@ -85,8 +95,10 @@ def test_an_empty_pytree_is_a_valid_no_op(name):
 
 def test_minimize_rejects_nan_initial_params_naming_the_leaf():
   with pytest.raises(ValueError, match=r"\['b'\].*NaN"):
-    nag_optax.minimize(lambda p: jnp.sum(p["a"] ** 2 + p["b"] ** 2),
-                       {"a": jnp.ones(2), "b": jnp.array([1.0, jnp.nan])})
+    nag_optax.minimize(
+      lambda p: jnp.sum(p["a"] ** 2 + p["b"] ** 2),
+      {"a": jnp.ones(2), "b": jnp.array([1.0, jnp.nan])},
+    )
 
 
 def test_minimize_rejects_a_non_scalar_loss():
@@ -96,5 +108,4 @@ def test_minimize_rejects_a_non_scalar_loss():
 
 def test_minimize_warns_when_the_tolerance_is_below_bfloat16_resolution():
   with pytest.warns(UserWarning, match="rtol=1e-06 is below the resolution"):
-    nag_optax.minimize(lambda x: jnp.sum((x - 1.0) ** 2), jnp.zeros(3, jnp.bfloat16),
-                       max_steps=5)
+    nag_optax.minimize(lambda x: jnp.sum((x - 1.0) ** 2), jnp.zeros(3, jnp.bfloat16), max_steps=5)

@@ -18,8 +18,10 @@ from tests import x64
 
 
 def _chained_nesterov(learning_rate, schedule="convex", restart="gradient"):
-  return optax.chain(optax.scale_by_learning_rate(learning_rate),
-                     nag_optax.nesterov(schedule=schedule, restart=restart))
+  return optax.chain(
+    optax.scale_by_learning_rate(learning_rate),
+    nag_optax.nesterov(schedule=schedule, restart=restart),
+  )
 
 
 def _strongly_convex(learning_rate, condition_number):
@@ -27,13 +29,17 @@ def _strongly_convex(learning_rate, condition_number):
 
 
 def _curvature_chain(safety):
-  return optax.chain(nag_optax.scale_by_curvature(safety=safety),
-                     nag_optax.nesterov(schedule="convex", restart="gradient"))
+  return optax.chain(
+    nag_optax.scale_by_curvature(safety=safety),
+    nag_optax.nesterov(schedule="convex", restart="gradient"),
+  )
 
 
 def _backtracking_chain(increase_factor):
-  return optax.chain(nag_optax.scale_by_backtracking(increase_factor=increase_factor),
-                     nag_optax.nesterov(schedule="convex", restart="gradient"))
+  return optax.chain(
+    nag_optax.scale_by_backtracking(increase_factor=increase_factor),
+    nag_optax.nesterov(schedule="convex", restart="gradient"),
+  )
 
 
 def _stop_when_nag(learning_rate):
@@ -41,17 +47,19 @@ def _stop_when_nag(learning_rate):
 
 
 OPTIMIZERS = {
-    "nag": (nag_optax.nag, dict(learning_rate=1e-3, momentum=0.9)),
-    "nag_convex_gradient_restart": (_chained_nesterov, dict(learning_rate=1e-3)),
-    "nag_convex_speed_restart": (
-        functools.partial(_chained_nesterov, restart="speed"), dict(learning_rate=1e-3)),
-    "nag_strongly_convex": (_strongly_convex, dict(learning_rate=1e-3, condition_number=1e3)),
-    "auto_nag": (nag_optax.auto_nag, dict(safety=1.0)),
-    "scale_by_curvature_chain": (_curvature_chain, dict(safety=1.0)),
-    "scale_by_backtracking_chain": (_backtracking_chain, dict(increase_factor=2.0)),
-    "stop_when_nag": (_stop_when_nag, dict(learning_rate=1e-3)),
-    "auto_nag_sgd": (nag_optax.auto_nag_sgd, dict(learning_rate=1e-3)),
-    "auto_nadamw": (nag_optax.auto_nadamw, dict(learning_rate=1e-3)),
+  "nag": (nag_optax.nag, dict(learning_rate=1e-3, momentum=0.9)),
+  "nag_convex_gradient_restart": (_chained_nesterov, dict(learning_rate=1e-3)),
+  "nag_convex_speed_restart": (
+    functools.partial(_chained_nesterov, restart="speed"),
+    dict(learning_rate=1e-3),
+  ),
+  "nag_strongly_convex": (_strongly_convex, dict(learning_rate=1e-3, condition_number=1e3)),
+  "auto_nag": (nag_optax.auto_nag, dict(safety=1.0)),
+  "scale_by_curvature_chain": (_curvature_chain, dict(safety=1.0)),
+  "scale_by_backtracking_chain": (_backtracking_chain, dict(increase_factor=2.0)),
+  "stop_when_nag": (_stop_when_nag, dict(learning_rate=1e-3)),
+  "auto_nag_sgd": (nag_optax.auto_nag_sgd, dict(learning_rate=1e-3)),
+  "auto_nadamw": (nag_optax.auto_nadamw, dict(learning_rate=1e-3)),
 }
 
 # Relative tolerance of the inject_hyperparams comparison where float32 rounding differs: a
@@ -62,13 +70,15 @@ INJECT_RTOL = {"auto_nadamw": 1e-4}
 # (optimizer, problem) -> why it does not converge within the test's budget; strict, so the day
 # it passes is visible. Optax's own battery (tests/test_contrib_battery.py) passes for both.
 KNOWN_SLOW = {
-    ("auto_nag_sgd", "rosenbrock"): (
-        "from (-1.2, 1) the distance-based rate suits the start, not the curved valley, and the "
-        "training loss keeps setting (small) records, so the bounded plateau annealing never "
-        "fires: about (0.93, 0.87) after 20k steps"),
-    ("auto_nadamw", "rosenbrock"): (
-        "as auto_nag_sgd (Prodigy at its defaults behaves the same): about (0.92, 0.85) after "
-        "20k steps from (-1.2, 1)"),
+  ("auto_nag_sgd", "rosenbrock"): (
+    "from (-1.2, 1) the distance-based rate suits the start, not the curved valley, and the "
+    "training loss keeps setting (small) records, so the bounded plateau annealing never "
+    "fires: about (0.93, 0.87) after 20k steps"
+  ),
+  ("auto_nadamw", "rosenbrock"): (
+    "as auto_nag_sgd (Prodigy at its defaults behaves the same): about (0.92, 0.85) after "
+    "20k steps from (-1.2, 1)"
+  ),
 }
 
 
@@ -80,6 +90,7 @@ def _parabola():
 def _rosenbrock():
   def f(x):
     return (1.0 - x[0]) ** 2 + 100.0 * (x[1] - x[0] ** 2) ** 2
+
   return jnp.array([-1.2, 1.0]), f, jnp.ones(2)
 
 
@@ -90,13 +101,19 @@ def _matrix():
 
 def _mixed_tree():
   target = (jnp.array([1.0, -1.0]), {"b": jnp.array(2.0), "c": jnp.ones((2, 2))})
+
   def f(p):
     return sum(jnp.sum((a - b) ** 2) for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(target)))
+
   return jax.tree.map(jnp.zeros_like, target), f, target
 
 
-PROBLEMS = {"parabola": _parabola, "rosenbrock": _rosenbrock, "matrix": _matrix,
-            "mixed_tree": _mixed_tree}
+PROBLEMS = {
+  "parabola": _parabola,
+  "rosenbrock": _rosenbrock,
+  "matrix": _matrix,
+  "mixed_tree": _mixed_tree,
+}
 
 
 def _make(name):
@@ -115,7 +132,8 @@ def _run(opt, fun, params, num_steps, with_extra_args=True):
     return (optax.apply_updates(params, updates), state), value
 
   (params, state), values = jax.jit(
-      lambda p: jax.lax.scan(step, (p, opt.init(p)), None, length=num_steps))(params)
+    lambda p: jax.lax.scan(step, (p, opt.init(p)), None, length=num_steps)
+  )(params)
   return params, state, values
 
 
@@ -124,14 +142,22 @@ def test_accepts_unknown_extra_args_and_does_not_recompile(name):
   chex.clear_trace_counter()
   opt = _make(name)
   params = jnp.array([1.0, 2.0])
-  fun = lambda x: jnp.sum(x ** 2)
+  fun = lambda x: jnp.sum(x**2)
 
   @jax.jit
   @chex.assert_max_traces(n=1)
   def step(params, state):
     value, grad = jax.value_and_grad(fun)(params)
-    updates, state = opt.update(grad, state, params, value=value, grad=grad, value_fn=fun,
-                                unexpected_extra_arg=jnp.ones(3), another=None)
+    updates, state = opt.update(
+      grad,
+      state,
+      params,
+      value=value,
+      grad=grad,
+      value_fn=fun,
+      unexpected_extra_arg=jnp.ones(3),
+      another=None,
+    )
     return optax.apply_updates(params, updates), state
 
   state = opt.init(params)

@@ -36,9 +36,9 @@ DTYPE = jnp.float32  # optax's test_optimizers runs dtype=('float32',) only
 # consume it (momo, momo_adam, the reduce_on_plateau wrapper); ours feed it to their
 # reduce_on_plateau decay, so they get it, and prodigy (which ignores it) does not.
 OPTIMIZERS = {
-    "prodigy": (lambda: optax.contrib.prodigy(learning_rate=1e-1), False),  # battery's kwargs
-    "auto_nag_sgd": (lambda: nag_optax.auto_nag_sgd(), True),
-    "auto_nadamw": (lambda: nag_optax.auto_nadamw(), True),
+  "prodigy": (lambda: optax.contrib.prodigy(learning_rate=1e-1), False),  # battery's kwargs
+  "auto_nag_sgd": (lambda: nag_optax.auto_nag_sgd(), True),
+  "auto_nadamw": (lambda: nag_optax.auto_nadamw(), True),
 }
 
 
@@ -76,10 +76,10 @@ def _mixed_tensor():
 
 
 TARGETS = {
-    "parabola": _parabola,
-    "rosenbrock": _rosenbrock,
-    "matrix_parabola": _matrix_parabola,
-    "mixed_tensor": _mixed_tensor,
+  "parabola": _parabola,
+  "rosenbrock": _rosenbrock,
+  "matrix_parabola": _matrix_parabola,
+  "mixed_tensor": _mixed_tensor,
 }
 
 

@@ -1,7 +1,5 @@
 """Flax NNX and linen, sharding, checkpoints, optax wrappers: the idioms users already have."""
 
-import functools
-
 import chex
 import jax
 import jax.numpy as jnp
@@ -63,8 +61,9 @@ def test_should_stop_reads_an_nnx_optimizer_state():
 def test_flax_linen_train_state_without_extra_args(name):
   params = {"w": jnp.zeros((4, 1)), "b": jnp.zeros(1)}
   apply_fn = lambda p, x: x @ p["w"] + p["b"]
-  state = train_state.TrainState.create(apply_fn=apply_fn, params=params,
-                                        tx=test_common._make(name))
+  state = train_state.TrainState.create(
+    apply_fn=apply_fn, params=params, tx=test_common._make(name)
+  )
   x, y = _data()
 
   @jax.jit
@@ -108,7 +107,7 @@ def test_tuned_quantities_readable_with_optax_tree_get():
 
 def _jitted_step(opt):
   """One jitted optax step with extra args on a small non-quadratic problem (for resume tests)."""
-  fun = lambda x: jnp.sum(jnp.array([1.0, 30.0, 900.0]) * (x - 1.0) ** 2) + jnp.sum(x ** 4)
+  fun = lambda x: jnp.sum(jnp.array([1.0, 30.0, 900.0]) * (x - 1.0) ** 2) + jnp.sum(x**4)
 
   @jax.jit
   def step(params, state):
@@ -119,8 +118,9 @@ def _jitted_step(opt):
   return step
 
 
-@pytest.mark.parametrize("name", ["auto_nag", "nag", "scale_by_backtracking_chain", "auto_nag_sgd",
-                                  "auto_nadamw"])
+@pytest.mark.parametrize(
+  "name", ["auto_nag", "nag", "scale_by_backtracking_chain", "auto_nag_sgd", "auto_nadamw"]
+)
 def test_checkpoint_round_trip_resumes_bit_identically(name, tmp_path):
   opt = test_common._make(name)
   step = _jitted_step(opt)
@@ -142,8 +142,9 @@ def test_checkpoint_round_trip_resumes_bit_identically(name, tmp_path):
 
 
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (virtual) devices")
-@pytest.mark.parametrize("name", ["auto_nag", "nag", "stop_when_nag", "auto_nag_sgd",
-                                  "auto_nadamw"])
+@pytest.mark.parametrize(
+  "name", ["auto_nag", "nag", "stop_when_nag", "auto_nag_sgd", "auto_nadamw"]
+)
 def test_sharded_params_give_sharded_state_and_single_device_results(name):
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ("data", "model"))
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data", "model"))

@@ -54,14 +54,20 @@ def test_matches_reference_loop():
   kwargs = dict(lr0=1e-2, beta=0.2, growth=3.0, rho=0.1, bounds=(1e-6, 0.02), mu=0.9)
   want_x, want_eta, branches = _reference(x0, grad_fn, 40, **kwargs)
   # Every rule is exercised.
-  assert branches == {"warmup", "hypergradient", "cap during warm-up", "cap after warm-up"}, \
-      branches
+  assert branches == {"warmup", "hypergradient", "cap during warm-up", "cap after warm-up"}, (
+    branches
+  )
 
   tx = optax.chain(
-      nag_optax.scale_by_hypergradient(
-          kwargs["lr0"], hypergradient_rate=kwargs["beta"], warmup_growth=kwargs["growth"],
-          max_relative_step=kwargs["rho"], learning_rate_bounds=kwargs["bounds"]),
-      nag_optax.nesterov(kwargs["mu"]))
+    nag_optax.scale_by_hypergradient(
+      kwargs["lr0"],
+      hypergradient_rate=kwargs["beta"],
+      warmup_growth=kwargs["growth"],
+      max_relative_step=kwargs["rho"],
+      learning_rate_bounds=kwargs["bounds"],
+    ),
+    nag_optax.nesterov(kwargs["mu"]),
+  )
   x = jnp.asarray(x0)
   state = tx.init(x)
   step = jax.jit(lambda x, s: tx.update(diag * (x - 1.0) + 0.3 * jnp.sin(x), s, x))
@@ -69,8 +75,9 @@ def test_matches_reference_loop():
     updates, state = step(x, state)
     x = optax.apply_updates(x, updates)
     np.testing.assert_allclose(x, want_x[k], rtol=1e-10, atol=1e-12, err_msg=f"step {k}")
-    np.testing.assert_allclose(optax.tree.get(state, "learning_rate"), want_eta[k],
-                               rtol=1e-10, err_msg=f"step {k}")
+    np.testing.assert_allclose(
+      optax.tree.get(state, "learning_rate"), want_eta[k], rtol=1e-10, err_msg=f"step {k}"
+    )
 
 
 def _reference_per_leaf(x0, grad_fn, groups, steps, *, lr0, beta, growth, rho, bounds, mu):
@@ -120,11 +127,16 @@ def test_per_leaf_matches_reference_loop():
   want_x, want_eff = _reference_per_leaf(x0, grad_fn, groups, 40, **kwargs)
 
   tx = optax.chain(
-      nag_optax.scale_by_hypergradient(
-          kwargs["lr0"], hypergradient_rate=kwargs["beta"], warmup_growth=kwargs["growth"],
-          max_relative_step=kwargs["rho"], learning_rate_bounds=kwargs["bounds"],
-          per_leaf=True),
-      nag_optax.nesterov(kwargs["mu"]))
+    nag_optax.scale_by_hypergradient(
+      kwargs["lr0"],
+      hypergradient_rate=kwargs["beta"],
+      warmup_growth=kwargs["growth"],
+      max_relative_step=kwargs["rho"],
+      learning_rate_bounds=kwargs["bounds"],
+      per_leaf=True,
+    ),
+    nag_optax.nesterov(kwargs["mu"]),
+  )
   d = {"a": jnp.asarray(diag[:2]), "b": jnp.asarray(diag[2:])}
   grad = lambda p: jax.tree.map(lambda di, x: di * (x - 1.0) + 0.3 * jnp.sin(x), d, p)
   params = {"a": jnp.asarray(x0[:2]), "b": jnp.asarray(x0[2:])}
@@ -142,13 +154,31 @@ def test_per_leaf_matches_reference_loop():
 
 def test_rate_stays_in_bounds_under_adversarial_gradients():
   bounds = (1e-3, 1.0)
-  tx = nag_optax.scale_by_hypergradient(0.5, hypergradient_rate=0.9, warmup_growth=10.0,
-                                        max_relative_step=None, learning_rate_bounds=bounds)
+  tx = nag_optax.scale_by_hypergradient(
+    0.5,
+    hypergradient_rate=0.9,
+    warmup_growth=10.0,
+    max_relative_step=None,
+    learning_rate_bounds=bounds,
+  )
   params = jnp.ones(3)
   state = tx.init(params)
   g = jnp.array([1.0, -2.0, 0.5])
-  grads = [g, -g, g * 1e30, -g * 1e30, g * 1e-30, jnp.zeros(3), g.at[0].set(jnp.nan),
-           g.at[1].set(jnp.inf), -g, g, jnp.full(3, jnp.nan), g * 3e38, -g * 3e38] * 3
+  grads = [
+    g,
+    -g,
+    g * 1e30,
+    -g * 1e30,
+    g * 1e-30,
+    jnp.zeros(3),
+    g.at[0].set(jnp.nan),
+    g.at[1].set(jnp.inf),
+    -g,
+    g,
+    jnp.full(3, jnp.nan),
+    g * 3e38,
+    -g * 3e38,
+  ] * 3
   for k, grad in enumerate(grads):
     before = float(state.learning_rate)
     updates, state = tx.update(grad, state, params)
@@ -176,8 +206,9 @@ def test_relative_step_cap_tames_a_huge_initial_rate():
 @pytest.mark.parametrize("scale", [1e15, 1e30, 3e38])
 def test_cap_holds_for_huge_gradients_and_beats_the_lower_bound(scale):
   # ||g|| overflows float32 for the larger scales; the cap is computed on g / max|g|.
-  tx = nag_optax.scale_by_hypergradient(1.0, max_relative_step=0.1,
-                                        learning_rate_bounds=(1e-3, 10.0))
+  tx = nag_optax.scale_by_hypergradient(
+    1.0, max_relative_step=0.1, learning_rate_bounds=(1e-3, 10.0)
+  )
   params = jnp.ones(4, jnp.float32)
   state = tx.init(params)
   updates, state = tx.update(jnp.full(4, scale, jnp.float32), state, params)
@@ -186,14 +217,27 @@ def test_cap_holds_for_huge_gradients_and_beats_the_lower_bound(scale):
   assert ratio <= 0.1 * (1 + 1e-5), ratio
 
 
-def _hypergradient_sgd(learning_rate=1e-3, *, hypergradient_rate=0.1, warmup_growth=2.0,
-                       max_relative_step=0.1, plateau=None, min_learning_rate=None):
+def _hypergradient_sgd(
+  learning_rate=1e-3,
+  *,
+  hypergradient_rate=0.1,
+  warmup_growth=2.0,
+  max_relative_step=0.1,
+  plateau=None,
+  min_learning_rate=None,
+):
   """The hypergradient Nesterov SGD that auto_nag_sgd was up to 0.1 (per-leaf rates)."""
   inner = optax.chain(
-      nag_optax.scale_by_hypergradient(
-          learning_rate, hypergradient_rate=hypergradient_rate, warmup_growth=warmup_growth,
-          max_relative_step=max_relative_step, plateau=plateau, per_leaf=True),
-      nag_optax.nesterov(0.9))
+    nag_optax.scale_by_hypergradient(
+      learning_rate,
+      hypergradient_rate=hypergradient_rate,
+      warmup_growth=warmup_growth,
+      max_relative_step=max_relative_step,
+      plateau=plateau,
+      per_leaf=True,
+    ),
+    nag_optax.nesterov(0.9),
+  )
   return nag_optax.stop_when(inner, min_learning_rate=min_learning_rate)
 
 
@@ -253,7 +297,9 @@ def test_needs_params():
     tx.update(jnp.ones(2), state)
 
 
-@pytest.mark.parametrize("kwargs, name", [
+@pytest.mark.parametrize(
+  "kwargs, name",
+  [
     (dict(learning_rate=0.0), "learning_rate"),
     (dict(learning_rate=-1.0), "learning_rate"),
     (dict(hypergradient_rate=1.0), "hypergradient_rate"),
@@ -264,7 +310,8 @@ def test_needs_params():
     (dict(learning_rate_bounds=(0.0, 1.0)), "learning_rate_bounds"),
     (dict(learning_rate_bounds=1.0), "learning_rate_bounds"),
     (dict(plateau=0.5), "plateau"),
-])
+  ],
+)
 def test_bad_arguments_name_the_argument(kwargs, name):
   with pytest.raises((ValueError, TypeError), match=name):
     nag_optax.scale_by_hypergradient(**kwargs)
@@ -277,8 +324,14 @@ EXPECTED_RATES = [1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.25, 0.25, 0.125, 0.125, 0.0625
 
 
 def _fixed_rate(plateau, **kwargs):
-  return nag_optax.scale_by_hypergradient(1.0, hypergradient_rate=0.0, warmup_growth=None,
-                                          max_relative_step=None, plateau=plateau, **kwargs)
+  return nag_optax.scale_by_hypergradient(
+    1.0,
+    hypergradient_rate=0.0,
+    warmup_growth=None,
+    max_relative_step=None,
+    plateau=plateau,
+    **kwargs,
+  )
 
 
 def test_plateau_decay_fires_at_the_right_step():
@@ -298,16 +351,20 @@ def test_plateau_decay_lowers_the_ceiling():
   # Gradients that keep pointing along the last step push the rate up by (1 + beta) a step;
   # each decay also multiplies the upper bound, which the rate never exceeds.
   tx = nag_optax.scale_by_hypergradient(
-      0.01, hypergradient_rate=0.5, warmup_growth=None, max_relative_step=None,
-      learning_rate_bounds=(1e-8, 0.02),
-      plateau=optax.contrib.reduce_on_plateau(factor=0.5, patience=1))
+    0.01,
+    hypergradient_rate=0.5,
+    warmup_growth=None,
+    max_relative_step=None,
+    learning_rate_bounds=(1e-8, 0.02),
+    plateau=optax.contrib.reduce_on_plateau(factor=0.5, patience=1),
+  )
   params = jnp.ones(2)
   state = tx.init(params)
   for value in [1.0] + [1.0] * 6:
     updates, state = tx.update(jnp.ones(2), state, params, value=jnp.asarray(value))
     params = optax.apply_updates(params, updates)
     assert float(state.learning_rate) <= 0.02 * float(state.plateau_scale) + 1e-12
-  assert float(state.plateau_scale) == 0.5 ** 6
+  assert float(state.plateau_scale) == 0.5**6
 
 
 def test_without_value_the_plateau_is_not_fed():
@@ -321,8 +378,13 @@ def test_without_value_the_plateau_is_not_fed():
 
 def test_learning_rate_floor_stop_fires_at_the_right_step():
   tx = _hypergradient_sgd(
-      1.0, hypergradient_rate=0.0, warmup_growth=None, max_relative_step=None,
-      plateau=optax.contrib.reduce_on_plateau(factor=0.5, patience=2), min_learning_rate=0.2)
+    1.0,
+    hypergradient_rate=0.0,
+    warmup_growth=None,
+    max_relative_step=None,
+    plateau=optax.contrib.reduce_on_plateau(factor=0.5, patience=2),
+    min_learning_rate=0.2,
+  )
   params = jnp.ones(2)
   state = tx.init(params)
   applied = []
@@ -353,8 +415,7 @@ def test_auto_nag_sgd_skips_nonfinite_gradients():
   tx = nag_optax.auto_nag_sgd()
   params = jnp.ones(3)
   state = tx.init(params)
-  updates, state = tx.update(jnp.array([1.0, jnp.nan, 0.0]), state, params,
-                             value=jnp.asarray(1.0))
+  updates, state = tx.update(jnp.array([1.0, jnp.nan, 0.0]), state, params, value=jnp.asarray(1.0))
   chex.assert_trees_all_equal(updates, jnp.zeros(3))
   assert int(state.count) == 0
 
@@ -363,7 +424,6 @@ def test_auto_nag_sgd_skips_nonfinite_gradients():
 
 
 class _MLP(nnx.Module):
-
   def __init__(self, rngs):
     self.hidden = nnx.Linear(64, 32, rngs=rngs)
     self.out = nnx.Linear(32, 10, rngs=rngs)
@@ -373,7 +433,8 @@ class _MLP(nnx.Module):
 
 
 def _digits():
-  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+  from sklearn.datasets import load_digits
+
   data = load_digits()
   return jnp.asarray(data.data[:1024] / 16.0, jnp.float32), jnp.asarray(data.target[:1024])
 
@@ -382,9 +443,16 @@ def _loss(model, x, y):
   return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
 
 
-@pytest.mark.parametrize("make,learning_rate", [
-    (nag_optax.auto_nag_sgd, 1e-4), (nag_optax.auto_nag_sgd, 1e-3), (nag_optax.auto_nag_sgd, 10.0),
-    (nag_optax.auto_nadamw, 1e-6), (nag_optax.auto_nadamw, 1.0)])
+@pytest.mark.parametrize(
+  "make,learning_rate",
+  [
+    (nag_optax.auto_nag_sgd, 1e-4),
+    (nag_optax.auto_nag_sgd, 1e-3),
+    (nag_optax.auto_nag_sgd, 10.0),
+    (nag_optax.auto_nadamw, 1e-6),
+    (nag_optax.auto_nadamw, 1.0),
+  ],
+)
 def test_nnx_training_reaches_a_loss_threshold(make, learning_rate):
   x, y = _digits()
   model = _MLP(nnx.Rngs(0))
@@ -407,28 +475,32 @@ def test_linen_train_state_without_value_reaches_a_loss_threshold():
   net = _MLP(nnx.Rngs(0))
   graphdef, params = nnx.split(net, nnx.Param)
   apply_fn = lambda p, xb: nnx.merge(graphdef, p)(xb)
-  state = train_state.TrainState.create(apply_fn=apply_fn, params=params,
-                                        tx=nag_optax.auto_nag_sgd())
+  state = train_state.TrainState.create(
+    apply_fn=apply_fn, params=params, tx=nag_optax.auto_nag_sgd()
+  )
 
   @jax.jit
   def step(state, idx):
     loss_fn = lambda p: optax.softmax_cross_entropy_with_integer_labels(
-        apply_fn(p, x[idx]), y[idx]).mean()
+      apply_fn(p, x[idx]), y[idx]
+    ).mean()
     return state.apply_gradients(grads=jax.grad(loss_fn)(state.params))
 
   rng = np.random.RandomState(0)
   for idx in np.concatenate([rng.permutation(1024) for _ in range(10)]).reshape(-1, 64)[:150]:
     state = step(state, jnp.asarray(idx))
-  final = float(optax.softmax_cross_entropy_with_integer_labels(apply_fn(state.params, x),
-                                                                y).mean())
+  final = float(
+    optax.softmax_cross_entropy_with_integer_labels(apply_fn(state.params, x), y).mean()
+  )
   assert final < 0.15, final
 
 
 # scale_by_distance: the distance estimate (Prodigy's D) and the optimizers built on it.
 
 
-def _distance_reference(x0, grad_fn, steps, *, d0, decay, sigma, rho, rms_decay, max_rms_decay,
-                        eps, mu, adam=None):
+def _distance_reference(
+  x0, grad_fn, steps, *, d0, decay, sigma, rho, rms_decay, max_rms_decay, eps, mu, adam=None
+):
   """NumPy loop of the documented rule (default or Adam direction), then Nesterov momentum."""
   x, x_init = x0.copy(), x0.copy()
   d, r, s, v, vmax, m = d0, 0.0, np.zeros_like(x0), 0.0, 0.0, np.zeros_like(x0)
@@ -437,15 +509,15 @@ def _distance_reference(x0, grad_fn, steps, *, d0, decay, sigma, rho, rms_decay,
   for k in range(steps):
     g = grad_fn(x)
     if k == 0:
-      d = min(d, rho * max(np.sqrt(np.mean(x ** 2)), 1e-3))
+      d = min(d, rho * max(np.sqrt(np.mean(x**2)), 1e-3))
     if adam is None:
-      v = rms_decay * v + (1 - rms_decay) * np.mean(g ** 2)
+      v = rms_decay * v + (1 - rms_decay) * np.mean(g**2)
       vmax = max(v / (1 - rms_decay ** (k + 1)), max_rms_decay * vmax)
       a = g / (np.sqrt(vmax) + eps)
     else:
       b1, b2 = adam
-      am, av = b1 * am + (1 - b1) * g, b2 * av + (1 - b2) * g ** 2
-      m_hat = (b1 * am / (1 - b1 ** (k + 2)) + (1 - b1) * g / (1 - b1 ** (k + 1)))  # nesterov
+      am, av = b1 * am + (1 - b1) * g, b2 * av + (1 - b2) * g**2
+      m_hat = b1 * am / (1 - b1 ** (k + 2)) + (1 - b1) * g / (1 - b1 ** (k + 1))  # nesterov
       a = m_hat / (np.sqrt(av / (1 - b2 ** (k + 1))) + eps)
     u = -sigma * d * a
     lam = d * d
@@ -473,12 +545,23 @@ def test_scale_by_distance_matches_the_reference_loop(direction):
     grad_np = lambda x: a_mat @ (x - x_star)
     x0 = rng.randn(6) * 0.1
     adam = (0.9, 0.999) if direction == "adam" else None
-    kwargs = dict(d0=1e-4, decay=0.9995, sigma=0.1, rho=0.1, rms_decay=0.999, max_rms_decay=0.9,
-                  eps=1e-8, mu=0.9)
+    kwargs = dict(
+      d0=1e-4,
+      decay=0.9995,
+      sigma=0.1,
+      rho=0.1,
+      rms_decay=0.999,
+      max_rms_decay=0.9,
+      eps=1e-8,
+      mu=0.9,
+    )
     ref_x, ref_d = _distance_reference(x0, grad_np, 200, adam=adam, **kwargs)
     block = nag_optax.scale_by_distance(
-        1e-4, step_scale=0.1, max_rms_decay=0.9,
-        direction=optax.scale_by_adam(0.9, 0.999, 1e-8, nesterov=True) if adam else None)
+      1e-4,
+      step_scale=0.1,
+      max_rms_decay=0.9,
+      direction=optax.scale_by_adam(0.9, 0.999, 1e-8, nesterov=True) if adam else None,
+    )
     tx = optax.chain(block, nag_optax.nesterov(0.9))
     x = jnp.asarray(x0)
     state = tx.init(x)
@@ -535,7 +618,7 @@ def test_pure_noise_at_a_minimum_never_collapses_the_rate(make):
   def step(carry, xi):
     x, state = carry
     g = x + xi  # gradient of 0.5||x||^2 plus unit noise
-    updates, state = tx.update(g, state, x, value=0.5 * jnp.sum(x ** 2) + jnp.sum(xi * x))
+    updates, state = tx.update(g, state, x, value=0.5 * jnp.sum(x**2) + jnp.sum(xi * x))
     return (optax.apply_updates(x, updates), state), optax.tree.get(state, "learning_rate")
 
   x0 = jnp.ones(32)
@@ -548,8 +631,10 @@ def test_pure_noise_at_a_minimum_never_collapses_the_rate(make):
 
 def test_plateau_factor_scales_the_step_not_the_estimate():
   tx = nag_optax.scale_by_distance(
-      0.5, max_relative_step=None,
-      plateau=optax.contrib.reduce_on_plateau(factor=0.5, patience=1, min_scale=0.25))
+    0.5,
+    max_relative_step=None,
+    plateau=optax.contrib.reduce_on_plateau(factor=0.5, patience=1, min_scale=0.25),
+  )
   params = jnp.ones(2)
   state = tx.init(params)
   for value in [1.0, 2.0, 2.0, 2.0, 2.0]:  # no new best after the first: halved to the floor
@@ -580,21 +665,26 @@ def test_training_loss_keeps_falling_over_10k_minibatch_steps(make):
   x, y = _digits()
   graphdef, params = nnx.split(_MLP(nnx.Rngs(0)), nnx.Param)
   loss = lambda p, xb, yb: optax.softmax_cross_entropy_with_integer_labels(
-      nnx.merge(graphdef, p)(xb), yb).mean()
+    nnx.merge(graphdef, p)(xb), yb
+  ).mean()
   tx = make()
   rng = np.random.RandomState(0)
   batches = jnp.asarray(
-      np.concatenate([rng.permutation(1024) for _ in range(640)]).reshape(-1, 64)[:10_000])
+    np.concatenate([rng.permutation(1024) for _ in range(640)]).reshape(-1, 64)[:10_000]
+  )
 
   def step(carry, idx):
     params, state = carry
     value, grads = jax.value_and_grad(loss)(params, x[idx], y[idx])
     updates, state = tx.update(grads, state, params, value=value)
     return (optax.apply_updates(params, updates), state), (
-        value, optax.tree.get(state, "learning_rate"))
+      value,
+      optax.tree.get(state, "learning_rate"),
+    )
 
-  (params, _), (values, rates) = jax.jit(
-      lambda c: jax.lax.scan(step, c, batches))((params, tx.init(params)))
+  (params, _), (values, rates) = jax.jit(lambda c: jax.lax.scan(step, c, batches))(
+    (params, tx.init(params))
+  )
   values, rates = np.asarray(values), np.asarray(rates)
   early, late = values[2000:4000].mean(), values[8000:].mean()
   assert late < 0.5 * early, (early, late)

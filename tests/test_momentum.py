@@ -3,7 +3,6 @@
 import math
 
 import chex
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -25,8 +24,9 @@ def test_constant_momentum_matches_closed_form(x64, spacing, momentum):
   step = 1.0 / q.lipschitz
   num_steps = 300
   expected = quadratics.nesterov_closed_form(q, step, momentum, num_steps)
-  xs, _ = loops.iterates(_sgd_nesterov(step, momentum=momentum), q.value, jnp.asarray(q.x0),
-                         num_steps)
+  xs, _ = loops.iterates(
+    _sgd_nesterov(step, momentum=momentum), q.value, jnp.asarray(q.x0), num_steps
+  )
   np.testing.assert_allclose(np.asarray(xs), expected, rtol=0, atol=1e-12)
 
 
@@ -45,8 +45,9 @@ def test_asymptotic_rate_matches_spectral_radius(x64, condition_number, momentum
   eig = quadratics.spectrum(30, condition_number, "log")
   rng = np.random.default_rng(0)
   # x* = 0 so the error can decay far below 1 without a rounding floor.
-  q = quadratics.Quadratic(matrix=np.diag(eig), eigenvalues=eig, x_star=np.zeros(30),
-                           x0=rng.standard_normal(30))
+  q = quadratics.Quadratic(
+    matrix=np.diag(eig), eigenvalues=eig, x_star=np.zeros(30), x0=rng.standard_normal(30)
+  )
   step = 1.0 / q.lipschitz
   b = q.q if momentum is None else momentum
   rho = quadratics.nesterov_spectral_radius(q, step, b)
@@ -94,14 +95,17 @@ def test_convex_schedule_sequence(x64):
   assert momenta[0] == 0.0
 
 
-@pytest.mark.parametrize("condition_number,spacing,seed",
-                         [(1e2, "log", 0), (1e4, "log", 1), (1e3, "linear", 2), (1e6, "log", 3)])
+@pytest.mark.parametrize(
+  "condition_number,spacing,seed",
+  [(1e2, "log", 0), (1e4, "log", 1), (1e3, "linear", 2), (1e6, "log", 3)],
+)
 def test_convex_schedule_meets_fista_bound_every_step(x64, condition_number, spacing, seed):
   q = quadratics.make_quadratic(50, condition_number, spacing=spacing, seed=seed)
   L = q.lipschitz
   num_steps = 300
-  ys, _ = loops.iterates(_sgd_nesterov(1.0 / L, schedule="convex"), q.value, jnp.asarray(q.x0),
-                         num_steps)
+  ys, _ = loops.iterates(
+    _sgd_nesterov(1.0 / L, schedule="convex"), q.value, jnp.asarray(q.x0), num_steps
+  )
   ys = np.asarray(ys)[:-1]
   xs = ys - (ys - q.x_star) @ q.matrix / L  # FISTA's x_k = y_k - g(y_k) / L, k = 1..num_steps
   gaps = np.array([float(q.value(jnp.asarray(x))) for x in xs])
@@ -114,8 +118,7 @@ def test_fista_iterates_match_reference_loop(x64):
   """The lookahead form equals the textbook two-sequence FISTA written in NumPy."""
   q = quadratics.make_quadratic(20, 1e3, seed=4)
   L = q.lipschitz
-  ys, _ = loops.iterates(_sgd_nesterov(1.0 / L, schedule="convex"), q.value, jnp.asarray(q.x0),
-                         100)
+  ys, _ = loops.iterates(_sgd_nesterov(1.0 / L, schedule="convex"), q.value, jnp.asarray(q.x0), 100)
   x_prev = y = q.x0.copy()
   t = 1.0
   ref = [y.copy()]
@@ -133,10 +136,12 @@ def test_restart_accelerates_convex_schedule(x64, restart, lower_bound_factor):
   q = quadratics.make_quadratic(100, 1e4, seed=5)
   L = q.lipschitz
   fun, x0, x_star = q.value, jnp.asarray(q.x0), jnp.asarray(q.x_star)
-  plain, _, _ = loops.steps_to_target(_sgd_nesterov(1 / L, schedule="convex"), fun, x0, x_star,
-                                      1e-6, 60_000)
+  plain, _, _ = loops.steps_to_target(
+    _sgd_nesterov(1 / L, schedule="convex"), fun, x0, x_star, 1e-6, 60_000
+  )
   fast, _, state = loops.steps_to_target(
-      _sgd_nesterov(1 / L, schedule="convex", restart=restart), fun, x0, x_star, 1e-6, 60_000)
+    _sgd_nesterov(1 / L, schedule="convex", restart=restart), fun, x0, x_star, 1e-6, 60_000
+  )
   assert fast * 5 <= plain
   restarts = int(state[1].restarts)
   assert restarts >= 2
@@ -189,7 +194,7 @@ def test_speed_restart_respects_min_interval():
   # Shrinking steps ask for a restart every step; it may only fire every 6 steps (5 + the step).
   for k in range(30):
     before = int(state.restarts)
-    _, state = tx.update(jnp.full(3, 0.5 ** k), state)
+    _, state = tx.update(jnp.full(3, 0.5**k), state)
     if int(state.restarts) > before:
       restarted_at.append(k)
   assert restarted_at
@@ -230,7 +235,9 @@ def test_accumulator_dtype():
   assert state.trace.dtype == jnp.bfloat16
 
 
-@pytest.mark.parametrize("kwargs,name", [
+@pytest.mark.parametrize(
+  "kwargs,name",
+  [
     (dict(schedule="fista"), "schedule"),
     (dict(restart="always"), "restart"),
     (dict(momentum=1.0), "momentum"),
@@ -241,7 +248,8 @@ def test_accumulator_dtype():
     (dict(schedule="convex", condition_number=10.0), "condition_number"),
     (dict(accumulator_dtype=jnp.int32), "accumulator_dtype"),
     (dict(min_restart_interval=-1), "min_restart_interval"),
-])
+  ],
+)
 def test_bad_configuration_raises(kwargs, name):
   with pytest.raises(ValueError, match=name):
     nag_optax.nesterov(**kwargs)

@@ -26,27 +26,34 @@ def kernel_env(tmp_path, monkeypatch):
   spec_dir = tmp_path / "kernels" / "python3"
   spec_dir.mkdir(parents=True)
   spec = {
-      "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-      "display_name": "Python 3 (nag_optax tests)",
-      "language": "python",
+    "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+    "display_name": "Python 3 (nag_optax tests)",
+    "language": "python",
   }
   (spec_dir / "kernel.json").write_text(json.dumps(spec))
-  monkeypatch.setenv("JUPYTER_PATH", os.pathsep.join(
-      p for p in (str(tmp_path), os.environ.get("JUPYTER_PATH", "")) if p))
+  monkeypatch.setenv(
+    "JUPYTER_PATH",
+    os.pathsep.join(p for p in (str(tmp_path), os.environ.get("JUPYTER_PATH", "")) if p),
+  )
   monkeypatch.setenv("NAG_OPTAX_NOTEBOOK_SMALL", "1")
   monkeypatch.setenv("MPLBACKEND", "Agg")
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_runs(name, kernel_env):  # pylint: disable=unused-argument,redefined-outer-name
+def test_notebook_runs(name, kernel_env):
   path = NOTEBOOKS_DIR / name
   nb = nbformat.read(path, as_version=4)
   client = nbclient.NotebookClient(
-      nb, timeout=600, kernel_name="python3",
-      resources={"metadata": {"path": str(NOTEBOOKS_DIR)}})
+    nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS_DIR)}}
+  )
   client.execute()
-  errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-            if o.get("output_type") == "error"]
+  errors = [
+    o
+    for c in nb.cells
+    if c.cell_type == "code"
+    for o in c.get("outputs", [])
+    if o.get("output_type") == "error"
+  ]
   assert not errors, errors
 
 

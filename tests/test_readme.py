@@ -41,13 +41,14 @@ def test_readme_examples_run_and_print_what_they_say():
     expected = [m.group(1) for m in re.finditer(r"^\s*print\(.*\)\s*#\s*->\s*(.+)$", block, re.M)]
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-      exec(compile(block, README, "exec"), namespace)  # pylint: disable=exec-used
+      exec(compile(block, README, "exec"), namespace)
     for text in expected:
       assert _normalise(text) in _normalise(out.getvalue()), (text, out.getvalue())
       checked += 1
   assert checked >= 1
   if "optimizer" in namespace:  # the minibatch example ran to its own stop, jitted
-    import nag_optax  # pylint: disable=g-import-not-at-top
+    import nag_optax
+
     assert bool(nag_optax.should_stop(namespace["optimizer"].opt_state))
 
 

@@ -44,7 +44,7 @@ def test_reports_max_steps_when_the_loop_runs_out(x64):
 
 
 def test_plain_optimizer_runs_max_steps():
-  sol = nag_optax.minimize(lambda x: jnp.sum(x ** 2), jnp.ones(2), optax.sgd(0.1), max_steps=10)
+  sol = nag_optax.minimize(lambda x: jnp.sum(x**2), jnp.ones(2), optax.sgd(0.1), max_steps=10)
   assert int(sol.steps) == 10 and sol.stop_reason == StopReason.MAX_STEPS
 
 
@@ -58,7 +58,7 @@ def test_ftol_and_xtol_reasons(x64):
 
 def test_tolerances_and_a_stopping_optimizer_conflict():
   with pytest.raises(ValueError, match="already has a stopping signal"):
-    nag_optax.minimize(lambda x: jnp.sum(x ** 2), jnp.ones(2), nag_optax.auto_nag(), gtol=1e-3)
+    nag_optax.minimize(lambda x: jnp.sum(x**2), jnp.ones(2), nag_optax.auto_nag(), gtol=1e-3)
 
 
 def test_default_optimizer_takes_the_tolerances(x64):
@@ -72,7 +72,7 @@ def test_pytree_params_args_and_aux(x64):
 
   def loss(params, scale):
     residual = jax.tree.map(lambda p, t: p - t, params, target)
-    value = scale * sum(jnp.sum(r ** 2) for r in jax.tree.leaves(residual))
+    value = scale * sum(jnp.sum(r**2) for r in jax.tree.leaves(residual))
     return value, {"residual_norm": jnp.sqrt(value / scale)}
 
   params = jax.tree.map(jnp.zeros_like, target)
@@ -95,8 +95,7 @@ def test_jit_and_vmap_each_problem_stops_at_its_own_step(x64):
   for i, a in enumerate(curvatures):
     single = solve(a)
     assert int(batched.steps[i]) == int(single.steps)
-    np.testing.assert_allclose(np.asarray(batched.params[i]), np.asarray(single.params),
-                               rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(batched.params[i]), np.asarray(single.params), rtol=1e-12)
   assert len(set(np.asarray(batched.steps).tolist())) > 1  # they did stop at different steps
   assert np.all(np.asarray(batched.reason) == StopReason.RTOL)
 
@@ -115,22 +114,27 @@ def test_nonfinite_loss_mid_run_stops_with_nonfinite(x64):
 
 def test_callback_reports_progress():
   seen = []
-  nag_optax.minimize(lambda x: jnp.sum(x ** 2), jnp.ones(3), nag_optax.nag(0.1), max_steps=50,
-                     callback=lambda step, value, grad_norm: seen.append(int(step)),
-                     callback_every=10)
+  nag_optax.minimize(
+    lambda x: jnp.sum(x**2),
+    jnp.ones(3),
+    nag_optax.nag(0.1),
+    max_steps=50,
+    callback=lambda step, value, grad_norm: seen.append(int(step)),
+    callback_every=10,
+  )
   assert seen == [0, 10, 20, 30, 40, 50]
 
 
 def test_progress_bar_runs():
   bar = nag_optax.progress_bar(100, disable=True)
-  sol = nag_optax.minimize(lambda x: jnp.sum(x ** 2), jnp.ones(3), callback=bar, max_steps=100)
+  sol = nag_optax.minimize(lambda x: jnp.sum(x**2), jnp.ones(3), callback=bar, max_steps=100)
   bar.close()
   assert sol.stop_reason.converged
 
 
 def test_bad_arguments():
   with pytest.raises(ValueError, match="max_steps"):
-    nag_optax.minimize(lambda x: jnp.sum(x ** 2), jnp.ones(2), max_steps=-1)
+    nag_optax.minimize(lambda x: jnp.sum(x**2), jnp.ones(2), max_steps=-1)
   with pytest.raises(ValueError, match="fun"):
     nag_optax.minimize(None, jnp.ones(2))
 
@@ -161,8 +165,11 @@ def test_a_second_call_with_the_same_function_does_not_compile_again():
 
 def test_stop_reason_of_a_vmapped_solution_is_an_array_of_reasons():
   loss = lambda x, c: jnp.sum((x - c) ** 2)
-  sols = jax.vmap(lambda c: nag_optax.minimize(loss, jnp.zeros(2), args=(c,), max_steps=3,
-                                               optimizer=nag_optax.nag(0.01)))(jnp.ones(3))
+  sols = jax.vmap(
+    lambda c: nag_optax.minimize(
+      loss, jnp.zeros(2), args=(c,), max_steps=3, optimizer=nag_optax.nag(0.01)
+    )
+  )(jnp.ones(3))
   reasons = sols.stop_reason
   assert reasons.shape == (3,)
   assert all(r == nag_optax.StopReason.MAX_STEPS for r in reasons)

@@ -104,8 +104,15 @@ def test_auto_nag_does_not_blow_up_where_the_curvature_vanishes(x64, start):
 def test_curvature_chain_accelerates_on_ill_conditioned_quadratic(x64, with_value):
   q = quadratics.make_quadratic(100, 1e4, seed=5)
   n_lb = q.lower_bound_iterations(1e-6)
-  k, _, state = loops.steps_to_target(nag_optax.auto_nag(rtol=None), q.value, jnp.asarray(q.x0),
-                                      jnp.asarray(q.x_star), 1e-6, 50_000, with_value=with_value)
+  k, _, state = loops.steps_to_target(
+    nag_optax.auto_nag(rtol=None),
+    q.value,
+    jnp.asarray(q.x0),
+    jnp.asarray(q.x_star),
+    1e-6,
+    50_000,
+    with_value=with_value,
+  )
   # Measured: about 2.2 x N_LB; plain gradient descent needs about kappa ln(1/eps) / 2 ~ 69,000.
   assert k <= 3 * n_lb
   assert float(optax.tree.get(state, "learning_rate")) >= 1.0 / q.lipschitz
@@ -115,8 +122,9 @@ def test_curvature_chain_accelerates_on_ill_conditioned_quadratic(x64, with_valu
 def test_auto_nag_is_robust_to_the_initial_step(x64, factor):
   q = quadratics.make_quadratic(100, 1e4, seed=5)
   fun, x0, x_star = q.value, jnp.asarray(q.x0), jnp.asarray(q.x_star)
-  reference, _, _ = loops.steps_to_target(nag_optax.auto_nag(rtol=None), fun, x0, x_star, 1e-6,
-                                          50_000, with_value=True)
+  reference, _, _ = loops.steps_to_target(
+    nag_optax.auto_nag(rtol=None), fun, x0, x_star, 1e-6, 50_000, with_value=True
+  )
   tx = nag_optax.auto_nag(initial_step=factor / q.lipschitz, rtol=None)
   k, x, state = loops.steps_to_target(tx, fun, x0, x_star, 1e-6, 50_000, with_value=True)
   chex.assert_tree_all_finite(x)
@@ -155,8 +163,9 @@ def test_backtracking_matches_reference_loop(x64):
 def test_backtracking_chain_converges_and_counts_evaluations(x64):
   q = quadratics.make_quadratic(100, 1e4, seed=5)
   tx = _chain(nag_optax.scale_by_backtracking())
-  k, _, state = loops.steps_to_target(tx, q.value, jnp.asarray(q.x0), jnp.asarray(q.x_star),
-                                      1e-6, 50_000, with_value=True)
+  k, _, state = loops.steps_to_target(
+    tx, q.value, jnp.asarray(q.x0), jnp.asarray(q.x_star), 1e-6, 50_000, with_value=True
+  )
   assert k <= 4 * q.lower_bound_iterations(1e-6)
   evals = int(optax.tree.get(state, "function_evals"))
   assert k <= evals <= 3 * k
@@ -164,7 +173,7 @@ def test_backtracking_chain_converges_and_counts_evaluations(x64):
 
 def test_backtracking_without_value_keeps_the_last_step():
   tx = nag_optax.scale_by_backtracking(initial_step=0.1)
-  f = lambda x: jnp.sum(x ** 2)
+  f = lambda x: jnp.sum(x**2)
   x = jnp.ones(3)
   state = tx.init(x)
   _, state = tx.update(jax.grad(f)(x), state, x, value=f(x), value_fn=f)
@@ -180,19 +189,20 @@ def test_backtracking_without_value_keeps_the_last_step():
 
 @pytest.mark.parametrize("bad", [jnp.inf, jnp.nan])
 def test_backtracking_terminates_on_nonfinite_losses(bad):
-  f_bad = lambda x: jnp.where(jnp.sum(x) < 3.0, bad, jnp.sum(x ** 2))  # inf/NaN below the start
+  f_bad = lambda x: jnp.where(jnp.sum(x) < 3.0, bad, jnp.sum(x**2))  # inf/NaN below the start
   tx = nag_optax.scale_by_backtracking(initial_step=1.0, max_backtracking_steps=12)
   x = jnp.ones(3)
   state = tx.init(x)
-  updates, state = jax.jit(lambda s: tx.update(jax.grad(f_bad)(x), s, x, value=f_bad(x),
-                                               value_fn=f_bad))(state)
+  updates, state = jax.jit(
+    lambda s: tx.update(jax.grad(f_bad)(x), s, x, value=f_bad(x), value_fn=f_bad)
+  )(state)
   chex.assert_trees_all_equal(updates, jnp.zeros(3))  # nothing accepted: no step
   assert int(state.num_backtracking_steps) == 12
   assert np.isfinite(float(state.learning_rate)) and float(state.learning_rate) > 0
 
 
 def test_curvature_first_step_backtracking_handles_nonfinite_loss():
-  f = lambda x: jnp.where(jnp.max(jnp.abs(x)) > 10.0, jnp.nan, jnp.sum(x ** 2))
+  f = lambda x: jnp.where(jnp.max(jnp.abs(x)) > 10.0, jnp.nan, jnp.sum(x**2))
   tx = nag_optax.auto_nag(initial_step=1e6)
   sol = nag_optax.minimize(f, jnp.ones(3), tx, max_steps=500)
   chex.assert_tree_all_finite(sol.params)
@@ -203,6 +213,7 @@ def test_curvature_first_step_backtracking_handles_nonfinite_loss():
 def test_auto_nag_solves_rosenbrock(x64, dim):
   def rosenbrock(x):
     return jnp.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
+
   x0 = jnp.zeros(dim).at[0].set(-1.2) if dim == 2 else jnp.zeros(dim)
   sol = nag_optax.minimize(rosenbrock, x0, nag_optax.auto_nag(rtol=1e-8), max_steps=50_000)
   assert sol.stop_reason == nag_optax.StopReason.RTOL
@@ -217,7 +228,9 @@ def test_auto_nag_needs_no_arguments_and_stops_by_itself(x64):
   assert int(sol.steps) < 3 * q.lower_bound_iterations(1e-6)
 
 
-@pytest.mark.parametrize("factory,kwargs,name", [
+@pytest.mark.parametrize(
+  "factory,kwargs,name",
+  [
     (nag_optax.scale_by_curvature, dict(initial_step=0.0), "initial_step"),
     (nag_optax.scale_by_curvature, dict(safety=3.0), "safety"),
     (nag_optax.scale_by_curvature, dict(decay=0.0), "decay"),
@@ -229,7 +242,8 @@ def test_auto_nag_needs_no_arguments_and_stops_by_itself(x64):
     (nag_optax.scale_by_backtracking, dict(max_backtracking_steps=0), "max_backtracking_steps"),
     (nag_optax.auto_nag, dict(schedule="fast"), "schedule"),
     (nag_optax.auto_nag, dict(rtol=-1.0), "rtol"),
-])
+  ],
+)
 def test_bad_configuration_raises(factory, kwargs, name):
   with pytest.raises(ValueError, match=name):
     factory(**kwargs)

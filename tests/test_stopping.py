@@ -83,8 +83,7 @@ def test_xtol_applies_the_small_update_then_stops(x64):
 
 def test_max_steps():
   q, x0 = _problem()
-  _, state, history = _drive(nag_optax.stop_when(nag_optax.nag(1e-3), max_steps=7), q.value, x0,
-                             12)
+  _, state, history = _drive(nag_optax.stop_when(nag_optax.nag(1e-3), max_steps=7), q.value, x0, 12)
   assert int(state.count) == 7
   assert nag_optax.stop_reason(state) == StopReason.MAX_STEPS
   assert [bool(nag_optax.should_stop(h[2])) for h in history] == [False] * 7 + [True] * 5
@@ -146,8 +145,13 @@ def test_consecutive_nonfinite_stops_with_nonfinite(x64):
   q, x0 = _problem()
   tx = nag_optax.stop_when(nag_optax.nag(1 / q.lipschitz, 0.8), max_nonfinite=4, gtol=1e-12)
   x, state, history = _drive(
-      tx, q.value, x0, 12, grad_override=lambda k: jnp.full(20, jnp.inf) if k >= 3 else None,
-      value_override=lambda k: jnp.nan if k >= 3 else None)
+    tx,
+    q.value,
+    x0,
+    12,
+    grad_override=lambda k: jnp.full(20, jnp.inf) if k >= 3 else None,
+    value_override=lambda k: jnp.nan if k >= 3 else None,
+  )
   assert nag_optax.stop_reason(state) == StopReason.NONFINITE
   assert not StopReason.NONFINITE.converged
   assert int(state.count) == 3 and int(state.total_nonfinite) == 4
@@ -157,10 +161,17 @@ def test_consecutive_nonfinite_stops_with_nonfinite(x64):
 
 def test_nan_is_never_read_as_convergence(x64):
   q, x0 = _problem()
-  tx = nag_optax.stop_when(nag_optax.nag(1 / q.lipschitz, 0.8), gtol=1e-3, ftol=1e-3, xtol=1e-3,
-                           max_nonfinite=3)
-  x, state, _ = _drive(tx, q.value, x0, 6, grad_override=lambda k: jnp.full(20, jnp.nan),
-                       value_override=lambda k: jnp.nan)
+  tx = nag_optax.stop_when(
+    nag_optax.nag(1 / q.lipschitz, 0.8), gtol=1e-3, ftol=1e-3, xtol=1e-3, max_nonfinite=3
+  )
+  x, state, _ = _drive(
+    tx,
+    q.value,
+    x0,
+    6,
+    grad_override=lambda k: jnp.full(20, jnp.nan),
+    value_override=lambda k: jnp.nan,
+  )
   assert nag_optax.stop_reason(state) == StopReason.NONFINITE
   chex.assert_trees_all_equal(x, x0)
 
@@ -183,7 +194,7 @@ def test_fixed_length_scan_is_safe_after_stopping(x64):
   xs, state = loops.iterates(tx, q.value, x0, 3000)
   k = int(state.count)
   assert k < 2000
-  chex.assert_trees_all_equal(xs[k + 1:], jnp.broadcast_to(xs[k], xs[k + 1:].shape))
+  chex.assert_trees_all_equal(xs[k + 1 :], jnp.broadcast_to(xs[k], xs[k + 1 :].shape))
 
 
 def test_ftol_and_patience_are_ignored_without_value():
@@ -200,8 +211,8 @@ def test_should_stop_finds_the_state_anywhere(wrap):
     tx = optax.chain(optax.clip_by_global_norm(1.0), tx)
   elif wrap == "inject":
     tx = optax.inject_hyperparams(
-        lambda learning_rate: nag_optax.stop_when(nag_optax.nag(learning_rate), max_steps=0))(
-            learning_rate=0.1)
+      lambda learning_rate: nag_optax.stop_when(nag_optax.nag(learning_rate), max_steps=0)
+    )(learning_rate=0.1)
   elif wrap == "multisteps":
     tx = optax.MultiSteps(tx, every_k_schedule=1)
   state = tx.init(jnp.zeros(2))
@@ -231,12 +242,20 @@ def test_stop_reason_names_and_batched_states():
   np.testing.assert_array_equal(traced, [1, 0, 1])
 
 
-@pytest.mark.parametrize("kwargs,name", [
-    (dict(gtol=-1.0), "gtol"), (dict(rtol=float("nan")), "rtol"), (dict(ftol=-1e-3), "ftol"),
-    (dict(xtol=-1.0), "xtol"), (dict(max_steps=-1), "max_steps"), (dict(max_steps=1.5), "max_steps"),
-    (dict(patience=0), "patience"), (dict(max_nonfinite=0), "max_nonfinite"),
+@pytest.mark.parametrize(
+  "kwargs,name",
+  [
+    (dict(gtol=-1.0), "gtol"),
+    (dict(rtol=float("nan")), "rtol"),
+    (dict(ftol=-1e-3), "ftol"),
+    (dict(xtol=-1.0), "xtol"),
+    (dict(max_steps=-1), "max_steps"),
+    (dict(max_steps=1.5), "max_steps"),
+    (dict(patience=0), "patience"),
+    (dict(max_nonfinite=0), "max_nonfinite"),
     (dict(min_learning_rate=-1.0), "min_learning_rate"),
-])
+  ],
+)
 def test_bad_configuration_raises(kwargs, name):
   with pytest.raises(ValueError, match=name):
     nag_optax.stop_when(nag_optax.nag(0.1), **kwargs)

@@ -12,14 +12,14 @@ from nag_optax._src import validation
 
 
 def nag(
-    learning_rate: optax.ScalarOrSchedule,
-    momentum: optax.ScalarOrSchedule = 0.9,
-    *,
-    schedule: str = "constant",
-    condition_number: Optional[Any] = None,
-    restart: Optional[str] = None,
-    accumulator_dtype: Optional[Any] = None,
-    min_restart_interval: int = 10,
+  learning_rate: optax.ScalarOrSchedule,
+  momentum: optax.ScalarOrSchedule = 0.9,
+  *,
+  schedule: str = "constant",
+  condition_number: Optional[Any] = None,
+  restart: Optional[str] = None,
+  accumulator_dtype: Optional[Any] = None,
+  min_restart_interval: int = 10,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Nesterov-accelerated SGD: a drop-in for ``optax.sgd(learning_rate, momentum, nesterov=True)``.
 
@@ -66,35 +66,35 @@ def nag(
   """
   validation.check_range("learning_rate", learning_rate, low=0.0)
   return optax.chain(
-      optax.scale_by_learning_rate(learning_rate),
-      momentum_lib.nesterov(
-          momentum,
-          schedule=schedule,
-          condition_number=condition_number,
-          restart=restart,
-          accumulator_dtype=accumulator_dtype,
-          min_restart_interval=min_restart_interval,
-      ),
+    optax.scale_by_learning_rate(learning_rate),
+    momentum_lib.nesterov(
+      momentum,
+      schedule=schedule,
+      condition_number=condition_number,
+      restart=restart,
+      accumulator_dtype=accumulator_dtype,
+      min_restart_interval=min_restart_interval,
+    ),
   )
 
 
 def auto_nag(
-    *,
-    initial_step: Optional[float] = None,
-    safety: float = 1.0,
-    decay: float = 0.9,
-    estimate: str = "cocoercive",
-    schedule: str = "convex",
-    restart: Optional[str] = "gradient",
-    accumulator_dtype: Optional[Any] = None,
-    gtol: Optional[float] = None,
-    rtol: Optional[float] = 1e-6,
-    ftol: Optional[float] = None,
-    xtol: Optional[float] = None,
-    max_steps: Optional[int] = None,
-    patience: Optional[int] = None,
-    min_learning_rate: Optional[float] = None,
-    max_nonfinite: int = 5,
+  *,
+  initial_step: Optional[float] = None,
+  safety: float = 1.0,
+  decay: float = 0.9,
+  estimate: str = "cocoercive",
+  schedule: str = "convex",
+  restart: Optional[str] = "gradient",
+  accumulator_dtype: Optional[Any] = None,
+  gtol: Optional[float] = None,
+  rtol: Optional[float] = 1e-6,
+  ftol: Optional[float] = None,
+  xtol: Optional[float] = None,
+  max_steps: Optional[int] = None,
+  patience: Optional[int] = None,
+  min_learning_rate: Optional[float] = None,
+  max_nonfinite: int = 5,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Tuning-free accelerated gradient descent for full-batch (deterministic) problems.
 
@@ -151,34 +151,42 @@ def auto_nag(
     <https://arxiv.org/abs/1910.09529>`_, 2020.
   """
   inner = optax.chain(
-      step_size.scale_by_curvature(initial_step, safety=safety, decay=decay, estimate=estimate),
-      momentum_lib.nesterov(schedule=schedule, restart=restart,
-                            accumulator_dtype=accumulator_dtype),
+    step_size.scale_by_curvature(initial_step, safety=safety, decay=decay, estimate=estimate),
+    momentum_lib.nesterov(schedule=schedule, restart=restart, accumulator_dtype=accumulator_dtype),
   )
-  return stopping.stop_when(inner, gtol=gtol, rtol=rtol, ftol=ftol, xtol=xtol,
-                            max_steps=max_steps, patience=patience,
-                            min_learning_rate=min_learning_rate, max_nonfinite=max_nonfinite)
+  return stopping.stop_when(
+    inner,
+    gtol=gtol,
+    rtol=rtol,
+    ftol=ftol,
+    xtol=xtol,
+    max_steps=max_steps,
+    patience=patience,
+    min_learning_rate=min_learning_rate,
+    max_nonfinite=max_nonfinite,
+  )
 
 
 # The bounded annealing of auto_nag_sgd / auto_nadamw: the step is halved after 3 windows of 25
 # updates without a new lowest mean training loss, down to a tenth of the distance-based rate at
 # most (built once; a transformation is immutable).
-DEFAULT_PLATEAU = optax.contrib.reduce_on_plateau(factor=0.5, patience=3, accumulation_size=25,
-                                                  min_scale=0.1)
+DEFAULT_PLATEAU = optax.contrib.reduce_on_plateau(
+  factor=0.5, patience=3, accumulation_size=25, min_scale=0.1
+)
 
 
 def auto_nag_sgd(
-    learning_rate: float = 1e-6,
-    momentum: float = 0.9,
-    *,
-    accumulator_dtype: Optional[Any] = None,
-    max_relative_step: Optional[float] = 0.1,
-    plateau: Optional[optax.GradientTransformation] = DEFAULT_PLATEAU,
-    min_learning_rate: Optional[float] = None,
-    patience: Optional[int] = None,
-    validation_patience: Optional[int] = None,
-    max_steps: Optional[int] = None,
-    max_nonfinite: int = 5,
+  learning_rate: float = 1e-6,
+  momentum: float = 0.9,
+  *,
+  accumulator_dtype: Optional[Any] = None,
+  max_relative_step: Optional[float] = 0.1,
+  plateau: Optional[optax.GradientTransformation] = DEFAULT_PLATEAU,
+  min_learning_rate: Optional[float] = None,
+  patience: Optional[int] = None,
+  validation_patience: Optional[int] = None,
+  max_steps: Optional[int] = None,
+  max_nonfinite: int = 5,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Tuning-free Nesterov SGD for minibatch training: the learning rate sets itself.
 
@@ -245,29 +253,35 @@ def auto_nag_sgd(
   """
   validation.check_range("momentum", momentum, low=0.0, high=1.0, high_inclusive=False)
   inner = optax.chain(
-      hypergradient.scale_by_distance(learning_rate, step_scale=1.0 - momentum,
-                                      max_relative_step=max_relative_step, plateau=plateau),
-      momentum_lib.nesterov(momentum, accumulator_dtype=accumulator_dtype),
+    hypergradient.scale_by_distance(
+      learning_rate, step_scale=1.0 - momentum, max_relative_step=max_relative_step, plateau=plateau
+    ),
+    momentum_lib.nesterov(momentum, accumulator_dtype=accumulator_dtype),
   )
-  return stopping.stop_when(inner, max_steps=max_steps, patience=patience,
-                            validation_patience=validation_patience,
-                            min_learning_rate=min_learning_rate, max_nonfinite=max_nonfinite)
+  return stopping.stop_when(
+    inner,
+    max_steps=max_steps,
+    patience=patience,
+    validation_patience=validation_patience,
+    min_learning_rate=min_learning_rate,
+    max_nonfinite=max_nonfinite,
+  )
 
 
 def auto_nadamw(
-    learning_rate: float = 1e-6,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-8,
-    weight_decay: float = 0.0,
-    *,
-    max_relative_step: Optional[float] = 0.1,
-    plateau: Optional[optax.GradientTransformation] = DEFAULT_PLATEAU,
-    min_learning_rate: Optional[float] = None,
-    patience: Optional[int] = None,
-    validation_patience: Optional[int] = None,
-    max_steps: Optional[int] = None,
-    max_nonfinite: int = 5,
+  learning_rate: float = 1e-6,
+  b1: float = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+  weight_decay: float = 0.0,
+  *,
+  max_relative_step: Optional[float] = 0.1,
+  plateau: Optional[optax.GradientTransformation] = DEFAULT_PLATEAU,
+  min_learning_rate: Optional[float] = None,
+  patience: Optional[int] = None,
+  validation_patience: Optional[int] = None,
+  max_steps: Optional[int] = None,
+  max_nonfinite: int = 5,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Tuning-free Nesterov-Adam with decoupled weight decay: the learning rate sets itself.
 
@@ -339,10 +353,17 @@ def auto_nadamw(
   validation.check_range("b2", b2, low=0.0, high=1.0, high_inclusive=False)
   validation.check_range("eps", eps, low=0.0)
   validation.check_range("weight_decay", weight_decay, low=0.0)
-  direction = optax.chain(optax.scale_by_adam(b1, b2, eps, nesterov=True),
-                          optax.add_decayed_weights(weight_decay))
-  inner = hypergradient.scale_by_distance(learning_rate, direction=direction,
-                                          max_relative_step=max_relative_step, plateau=plateau)
-  return stopping.stop_when(inner, max_steps=max_steps, patience=patience,
-                            validation_patience=validation_patience,
-                            min_learning_rate=min_learning_rate, max_nonfinite=max_nonfinite)
+  direction = optax.chain(
+    optax.scale_by_adam(b1, b2, eps, nesterov=True), optax.add_decayed_weights(weight_decay)
+  )
+  inner = hypergradient.scale_by_distance(
+    learning_rate, direction=direction, max_relative_step=max_relative_step, plateau=plateau
+  )
+  return stopping.stop_when(
+    inner,
+    max_steps=max_steps,
+    patience=patience,
+    validation_patience=validation_patience,
+    min_learning_rate=min_learning_rate,
+    max_nonfinite=max_nonfinite,
+  )

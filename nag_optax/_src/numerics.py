@@ -41,8 +41,9 @@ def norm(tree: Any, dtype: Any = jnp.float32) -> jax.Array:
 def vdot(tree_x: Any, tree_y: Any, dtype: Any = jnp.float32) -> jax.Array:
   """Global inner product over all leaves, accumulated in at least ``dtype``."""
   acc = jnp.promote_types(dtype, jnp.float32)
-  parts = jax.tree.leaves(jax.tree.map(
-      lambda x, y: jnp.sum(x.astype(acc) * y.astype(acc)), tree_x, tree_y))
+  parts = jax.tree.leaves(
+    jax.tree.map(lambda x, y: jnp.sum(x.astype(acc) * y.astype(acc)), tree_x, tree_y)
+  )
   if not parts:
     return jnp.zeros((), dtype)
   return sum(parts).astype(dtype)

@@ -16,6 +16,7 @@ from nag_optax._src import validation
 
 class Solution(NamedTuple):
   """Result of :func:`minimize` (a pytree: works under ``jit`` and ``vmap``)."""
+
   params: Any  # the final iterate.
   state: Any  # the optimizer state at the end.
   value: jax.Array  # loss at ``params``.
@@ -27,12 +28,16 @@ class Solution(NamedTuple):
   def __repr__(self) -> str:
     reason = self.stop_reason
     if isinstance(reason, stopping.StopReason):
-      return (f"Solution({reason.name}: {reason.description}; steps={int(self.steps)}, "
-              f"value={float(self.value):.6g}, grad_norm={float(self.grad_norm):.3g}, "
-              f"params={jax.tree.map(lambda x: getattr(x, 'shape', ()), self.params)})")
-    return (f"Solution(batched {np.shape(self.reason)}: reasons "
-            f"{[r.name for r in np.ravel(reason)] if not isinstance(reason, jax.Array) else reason}"
-            f", steps={np.asarray(self.steps).tolist() if not isinstance(self.steps, jax.core.Tracer) else self.steps})")
+      return (
+        f"Solution({reason.name}: {reason.description}; steps={int(self.steps)}, "
+        f"value={float(self.value):.6g}, grad_norm={float(self.grad_norm):.3g}, "
+        f"params={jax.tree.map(lambda x: getattr(x, 'shape', ()), self.params)})"
+      )
+    # A batched solution; inside jit its reasons are the int32 codes and its steps are traced.
+    names = reason if isinstance(reason, jax.Array) else [r.name for r in np.ravel(reason)]
+    traced = isinstance(self.steps, jax.core.Tracer)
+    steps = self.steps if traced else np.asarray(self.steps).tolist()
+    return f"Solution(batched {np.shape(self.reason)}: reasons {names}, steps={steps})"
 
   @property
   def stop_reason(self):
@@ -44,7 +49,7 @@ class Solution(NamedTuple):
 def _has_stop_state(optimizer, params) -> bool:
   state = jax.eval_shape(optimizer.init, params)
   try:
-    stopping._stop_states(state)  # pylint: disable=protected-access
+    stopping._stop_states(state)
     return True
   except ValueError:
     return False
@@ -59,15 +64,14 @@ def progress_bar(max_steps: int, **tqdm_kwargs) -> Callable:
     >>> sol = nag_optax.minimize(lambda x: jnp.sum(x ** 2), jnp.ones(3), callback=bar)
   """
   try:
-    from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+    from tqdm.auto import tqdm
   except ImportError as e:
     raise ImportError("progress_bar needs tqdm: pip install tqdm") from e
   bar = tqdm(total=max_steps, **tqdm_kwargs)
 
   def callback(step, value, grad_norm):
     bar.n = int(step)
-    bar.set_postfix(loss=f"{float(value):.3e}", grad_norm=f"{float(grad_norm):.2e}",
-                    refresh=False)
+    bar.set_postfix(loss=f"{float(value):.3e}", grad_norm=f"{float(grad_norm):.2e}", refresh=False)
     bar.refresh()
 
   callback.close = bar.close
@@ -75,19 +79,19 @@ def progress_bar(max_steps: int, **tqdm_kwargs) -> Callable:
 
 
 def minimize(
-    fun: Callable,
-    params: Any,
-    optimizer: Optional[optax.GradientTransformation] = None,
-    *,
-    max_steps: int = 10_000,
-    has_aux: bool = False,
-    args: tuple = (),
-    gtol: Optional[float] = None,
-    rtol: Optional[float] = None,
-    ftol: Optional[float] = None,
-    xtol: Optional[float] = None,
-    callback: Optional[Callable] = None,
-    callback_every: int = 100,
+  fun: Callable,
+  params: Any,
+  optimizer: Optional[optax.GradientTransformation] = None,
+  *,
+  max_steps: int = 10_000,
+  has_aux: bool = False,
+  args: tuple = (),
+  gtol: Optional[float] = None,
+  rtol: Optional[float] = None,
+  ftol: Optional[float] = None,
+  xtol: Optional[float] = None,
+  callback: Optional[Callable] = None,
+  callback_every: int = 100,
 ) -> Solution:
   r"""Minimise ``fun`` with an Optax optimizer inside one ``jax.lax.while_loop``.
 
@@ -136,8 +140,13 @@ def minimize(
       validation.check_range(name, tol, low=0.0)
   _check_initial_params(params)
   if optimizer is None:
-    _warn_if_below_resolution(params, rtol if rtol is not None else (
-        None if any(t is not None for t in (gtol, ftol, xtol)) else 1e-6), "rtol")
+    _warn_if_below_resolution(
+      params,
+      rtol
+      if rtol is not None
+      else (None if any(t is not None for t in (gtol, ftol, xtol)) else 1e-6),
+      "rtol",
+    )
   key = (fun, optimizer, has_aux, max_steps, gtol, rtol, ftol, xtol, callback, callback_every)
   try:
     run = _compiled_loop(*key)
@@ -161,25 +170,35 @@ def _warn_if_below_resolution(params, rtol, name) -> None:
   """Warn when a relative tolerance is finer than the params' floating-point resolution."""
   if rtol is None:
     return
-  coarsest = max((float(jnp.finfo(leaf.dtype).eps) for leaf in jax.tree.leaves(params)
-                  if jnp.issubdtype(leaf.dtype, jnp.floating)), default=0.0)
+  coarsest = max(
+    (
+      float(jnp.finfo(leaf.dtype).eps)
+      for leaf in jax.tree.leaves(params)
+      if jnp.issubdtype(leaf.dtype, jnp.floating)
+    ),
+    default=0.0,
+  )
   if 0 < rtol < coarsest:
-    warnings.warn(f"{name}={rtol:g} is below the resolution of the params' dtype (machine "
-                  f"epsilon {coarsest:.1e}): the gradient may never get that small relative to "
-                  f"its start, and the loop may run to max_steps. Use float32 params (keep "
-                  f"bfloat16 for the model's compute) or {name} >= {coarsest:.0e}.",
-                  stacklevel=3)
+    warnings.warn(
+      f"{name}={rtol:g} is below the resolution of the params' dtype (machine "
+      f"epsilon {coarsest:.1e}): the gradient may never get that small relative to "
+      f"its start, and the loop may run to max_steps. Use float32 params (keep "
+      f"bfloat16 for the model's compute) or {name} >= {coarsest:.0e}.",
+      stacklevel=3,
+    )
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled_loop(fun, optimizer, has_aux, max_steps, gtol, rtol, ftol, xtol, callback,
-                   callback_every):
+def _compiled_loop(
+  fun, optimizer, has_aux, max_steps, gtol, rtol, ftol, xtol, callback, callback_every
+):
   """The jitted solver loop for one configuration, cached: a second :func:`minimize` with the
   same function, optimizer and settings reuses the compiled loop (for the same shapes)."""
   tolerances = dict(gtol=gtol, rtol=rtol, ftol=ftol, xtol=xtol)
   given = {k: v for k, v in tolerances.items() if v is not None}
   if optimizer is None:
-    from nag_optax._src import alias  # pylint: disable=g-import-not-at-top
+    from nag_optax._src import alias
+
     # Tolerances given here replace auto_nag's default rtol rather than adding to it.
     optimizer = alias.auto_nag(**{"rtol": None, **given}) if given else alias.auto_nag()
     given = {}
@@ -189,8 +208,10 @@ def _compiled_loop(fun, optimizer, has_aux, max_steps, gtol, rtol, ftol, xtol, c
     opt = optimizer
     if _has_stop_state(opt, params):
       if given:
-        raise ValueError(f"optimizer already has a stopping signal; pass {sorted(given)} to its "
-                         "stop_when(...) (or auto_nag(...)) instead of to minimize.")
+        raise ValueError(
+          f"optimizer already has a stopping signal; pass {sorted(given)} to its "
+          "stop_when(...) (or auto_nag(...)) instead of to minimize."
+        )
     else:
       opt = stopping.stop_when(opt, max_steps=max_steps, **given)
     return _loop(fun, opt, params, args, has_aux, max_steps, callback, callback_every)
@@ -200,14 +221,17 @@ def _compiled_loop(fun, optimizer, has_aux, max_steps, gtol, rtol, ftol, xtol, c
 
 def _loop(fun, optimizer, params, args, has_aux, max_steps, callback, callback_every):
   """The ``lax.while_loop`` of :func:`minimize` (traced inside its jitted ``run``)."""
+
   def value_fn(p):
     out = fun(p, *args)
     return out[0] if has_aux else out
 
   shape = jax.eval_shape(value_fn, params).shape  # at trace time only
   if shape != ():
-    raise ValueError(f"fun must return a scalar loss (with has_aux=True: (loss, aux)); it "
-                     f"returned shape {shape}. Reduce it, e.g. with jnp.mean.")
+    raise ValueError(
+      f"fun must return a scalar loss (with has_aux=True: (loss, aux)); it "
+      f"returned shape {shape}. Reduce it, e.g. with jnp.mean."
+    )
   value_and_grad = jax.value_and_grad(fun, has_aux=has_aux)
 
   def evaluate(p):
@@ -222,13 +246,14 @@ def _loop(fun, optimizer, params, args, has_aux, max_steps, callback, callback_e
   def body(carry):
     iteration, p, state, last_good = carry
     value, _, grad = evaluate(p)
-    updates, new_state = optimizer.update(grad, state, p, value=value, grad=grad,
-                                          value_fn=value_fn)
+    updates, new_state = optimizer.update(grad, state, p, value=value, grad=grad, value_fn=value_fn)
     if callback is not None:
       grad_norm = numerics.norm(grad)
-      jax.lax.cond(iteration % callback_every == 0,
-                   lambda: jax.debug.callback(callback, iteration, value, grad_norm),
-                   lambda: None)
+      jax.lax.cond(
+        iteration % callback_every == 0,
+        lambda: jax.debug.callback(callback, iteration, value, grad_norm),
+        lambda: None,
+      )
     finite = jnp.isfinite(value) & numerics.all_finite(grad)
     last_good = optax.tree.where(finite, p, last_good)
     return iteration + 1, optax.apply_updates(p, updates), new_state, last_good
@@ -236,9 +261,12 @@ def _loop(fun, optimizer, params, args, has_aux, max_steps, callback, callback_e
   state = optimizer.init(params)
   carry0 = (jnp.zeros((), jnp.int32), params, state, params)
   iterations, params, state, last_good = jax.lax.while_loop(cond, body, carry0)
-  stop_state = stopping._stop_states(state)[0]  # pylint: disable=protected-access
-  reason = jnp.where(stop_state.reason == stopping.StopReason.NOT_STOPPED,
-                     jnp.int32(stopping.StopReason.MAX_STEPS), stop_state.reason)
+  stop_state = stopping._stop_states(state)[0]
+  reason = jnp.where(
+    stop_state.reason == stopping.StopReason.NOT_STOPPED,
+    jnp.int32(stopping.StopReason.MAX_STEPS),
+    stop_state.reason,
+  )
   # A step can land where the loss is not finite; the guard then skips every later step. Return
   # the last point whose loss and gradient were finite instead of the non-finite one.
   params = optax.tree.where(reason == stopping.StopReason.NONFINITE, last_good, params)
@@ -246,6 +274,12 @@ def _loop(fun, optimizer, params, args, has_aux, max_steps, callback, callback_e
   steps = stop_state.count
   if callback is not None:
     jax.debug.callback(callback, iterations, value, numerics.norm(grad))
-  return Solution(params=params, state=state, value=value,
-                  grad_norm=numerics.norm(grad, numerics.scalar_dtype(params)), steps=steps,
-                  reason=reason, aux=aux)
+  return Solution(
+    params=params,
+    state=state,
+    value=value,
+    grad_norm=numerics.norm(grad, numerics.scalar_dtype(params)),
+    steps=steps,
+    reason=reason,
+    aux=aux,
+  )

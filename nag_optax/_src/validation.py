@@ -43,9 +43,15 @@ def check_choice(name: str, value: Any, allowed: Iterable[Any]) -> None:
     raise ValueError(f"{name} must be one of {allowed!r}, got {value!r}.")
 
 
-def check_range(name: str, value: Any, *, low: Optional[float] = None,
-                high: Optional[float] = None, low_inclusive: bool = True,
-                high_inclusive: bool = True) -> None:
+def check_range(
+  name: str,
+  value: Any,
+  *,
+  low: Optional[float] = None,
+  high: Optional[float] = None,
+  low_inclusive: bool = True,
+  high_inclusive: bool = True,
+) -> None:
   """Raise ValueError naming ``name`` if a concrete ``value`` lies outside the range.
 
   NaN and infinities are always rejected; strings, bools and complex numbers raise TypeError.
@@ -75,11 +81,16 @@ def check_int(name: str, value: Any, *, low: int = 0, allow_none: bool = True) -
     return
   check_real(name, value)
   is_int = isinstance(value, (int, np.integer)) or (
-      isinstance(value, (jax.Array, np.ndarray)) and np.ndim(value) == 0
-      and jnp.issubdtype(value.dtype, jnp.integer))
+    isinstance(value, (jax.Array, np.ndarray))
+    and np.ndim(value) == 0
+    and jnp.issubdtype(value.dtype, jnp.integer)
+  )
   if isinstance(value, bool) or not is_int or value < low:
-    raise ValueError(f"{name} must be an integer >= {low}" +
-                     (" or None" if allow_none else "") + f", got {value!r}.")
+    raise ValueError(
+      f"{name} must be an integer >= {low}"
+      + (" or None" if allow_none else "")
+      + f", got {value!r}."
+    )
 
 
 def check_float_dtype(name: str, value: Any) -> None:
@@ -105,6 +116,8 @@ def check_float_params(params: Any) -> None:
       dtype = np.asarray(leaf).dtype
     if not jnp.issubdtype(dtype, jnp.floating):
       where = jax.tree_util.keystr(path) or "params"
-      raise TypeError(f"params must be floating-point arrays; the leaf {where} has dtype "
-                      f"{dtype}. Cast it (e.g. jnp.asarray(x, jnp.float32)) or keep it out of "
-                      "the optimized tree (optax.masked / nnx.Param filters).")
+      raise TypeError(
+        f"params must be floating-point arrays; the leaf {where} has dtype "
+        f"{dtype}. Cast it (e.g. jnp.asarray(x, jnp.float32)) or keep it out of "
+        "the optimized tree (optax.masked / nnx.Param filters)."
+      )
