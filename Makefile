@@ -78,6 +78,9 @@ docs: $(VENV)/.docs-stamp
 wheel-check: | $(PY)
 	rm -rf dist build/wheel-venv
 	$(PY) -m pip wheel -q . --no-deps -w dist
+	$(PY) -c "import glob, zipfile; names = zipfile.ZipFile(glob.glob('dist/nag_optax-*.whl')[0]).namelist(); \
+	  assert 'nag_optax/py.typed' in names, 'the wheel lacks py.typed'; \
+	  assert any(n.endswith('/LICENSE') for n in names), 'the wheel lacks LICENSE'"
 	$(PYTHON) -m venv build/wheel-venv
 	build/wheel-venv/bin/python -m pip install -q dist/nag_optax-*.whl
 	cd build && wheel-venv/bin/python -c "import jax.numpy as jnp, nag_optax; \

@@ -1,7 +1,8 @@
 """Optimizers built as chains of the package's blocks."""
 
-from typing import Any, Optional
+from typing import Literal, Optional, Union
 
+import jax
 import optax
 
 from nag_optax._src import momentum as momentum_lib
@@ -15,10 +16,10 @@ def nag(
   learning_rate: optax.ScalarOrSchedule,
   momentum: optax.ScalarOrSchedule = 0.9,
   *,
-  schedule: str = "constant",
-  condition_number: Optional[Any] = None,
-  restart: Optional[str] = None,
-  accumulator_dtype: Optional[Any] = None,
+  schedule: Literal["constant", "convex", "strongly_convex"] = "constant",
+  condition_number: Optional[jax.typing.ArrayLike] = None,
+  restart: Optional[Literal["gradient", "speed", "function"]] = None,
+  accumulator_dtype: Optional[jax.typing.DTypeLike] = None,
   min_restart_interval: int = 10,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Nesterov-accelerated SGD: a drop-in for ``optax.sgd(learning_rate, momentum, nesterov=True)``.
@@ -83,10 +84,10 @@ def auto_nag(
   initial_step: Optional[float] = None,
   safety: float = 1.0,
   decay: float = 0.9,
-  estimate: str = "cocoercive",
-  schedule: str = "convex",
-  restart: Optional[str] = "gradient",
-  accumulator_dtype: Optional[Any] = None,
+  estimate: Literal["secant", "cocoercive"] = "cocoercive",
+  schedule: Literal["constant", "convex", "strongly_convex"] = "convex",
+  restart: Optional[Literal["gradient", "speed", "function"]] = "gradient",
+  accumulator_dtype: Optional[jax.typing.DTypeLike] = None,
   gtol: Optional[float] = None,
   rtol: Optional[float] = 1e-6,
   ftol: Optional[float] = None,
@@ -179,7 +180,7 @@ def auto_nag_sgd(
   learning_rate: float = 1e-6,
   momentum: float = 0.9,
   *,
-  accumulator_dtype: Optional[Any] = None,
+  accumulator_dtype: Optional[jax.typing.DTypeLike] = None,
   max_relative_step: Optional[float] = 0.1,
   plateau: Optional[optax.GradientTransformation] = DEFAULT_PLATEAU,
   min_learning_rate: Optional[float] = None,
@@ -270,10 +271,10 @@ def auto_nag_sgd(
 
 def auto_nadamw(
   learning_rate: float = 1e-6,
-  b1: float = 0.9,
-  b2: float = 0.999,
-  eps: float = 1e-8,
-  weight_decay: float = 0.0,
+  b1: jax.typing.ArrayLike = 0.9,
+  b2: jax.typing.ArrayLike = 0.999,
+  eps: jax.typing.ArrayLike = 1e-8,
+  weight_decay: Union[float, jax.Array] = 0.0,
   *,
   max_relative_step: Optional[float] = 0.1,
   plateau: Optional[optax.GradientTransformation] = DEFAULT_PLATEAU,

@@ -7,6 +7,8 @@ updates keep the dtype of the incoming updates, and every reduction through
 :func:`norm` / :func:`vdot`, which accumulate in at least float32.
 """
 
+import functools
+import operator
 from typing import Any
 
 import jax
@@ -46,7 +48,7 @@ def vdot(tree_x: Any, tree_y: Any, dtype: Any = jnp.float32) -> jax.Array:
   )
   if not parts:
     return jnp.zeros((), dtype)
-  return sum(parts).astype(dtype)
+  return functools.reduce(operator.add, parts).astype(dtype)
 
 
 def all_finite(tree: Any) -> jax.Array:

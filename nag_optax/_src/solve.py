@@ -5,6 +5,7 @@ import warnings
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -17,13 +18,13 @@ from nag_optax._src import validation
 class Solution(NamedTuple):
   """Result of :func:`minimize` (a pytree: works under ``jit`` and ``vmap``)."""
 
-  params: Any  # the final iterate.
-  state: Any  # the optimizer state at the end.
-  value: jax.Array  # loss at ``params``.
-  grad_norm: jax.Array  # ||grad|| at ``params``.
-  steps: jax.Array  # int32: updates applied (non-finite steps skipped by the guard excluded).
-  reason: jax.Array  # int32 StopReason code; MAX_STEPS when the loop ran out.
-  aux: Any = None  # auxiliary output of ``fun`` at ``params`` when ``has_aux``.
+  params: optax.Params  #: the final iterate.
+  state: optax.OptState  #: the optimizer state at the end.
+  value: jax.Array  #: loss at ``params``.
+  grad_norm: jax.Array  #: ``||grad||`` at ``params``.
+  steps: jax.Array  #: int32: updates applied (non-finite steps skipped by the guard excluded).
+  reason: jax.Array  #: int32 StopReason code; MAX_STEPS when the loop ran out.
+  aux: Any = None  #: auxiliary output of ``fun`` at ``params`` when ``has_aux``.
 
   def __repr__(self) -> str:
     reason = self.stop_reason
@@ -55,7 +56,24 @@ def _has_stop_state(optimizer, params) -> bool:
     return False
 
 
-def progress_bar(max_steps: int, **tqdm_kwargs) -> Callable:
+class ProgressBar:
+  """A ``callback`` for :func:`minimize` that drives a tqdm bar; ``close()`` closes the bar."""
+
+  def __init__(self, bar: Any):
+    self._bar = bar
+
+  def __call__(self, step: jax.Array, value: jax.Array, grad_norm: jax.Array) -> None:
+    self._bar.n = int(step)
+    self._bar.set_postfix(
+      loss=f"{float(value):.3e}", grad_norm=f"{float(grad_norm):.2e}", refresh=False
+    )
+    self._bar.refresh()
+
+  def close(self) -> None:
+    self._bar.close()
+
+
+def progress_bar(max_steps: int, **tqdm_kwargs: Any) -> ProgressBar:
   """A ``callback`` for :func:`minimize` that drives a tqdm progress bar (tqdm must be installed).
 
   Examples:
@@ -67,30 +85,22 @@ def progress_bar(max_steps: int, **tqdm_kwargs) -> Callable:
     from tqdm.auto import tqdm
   except ImportError as e:
     raise ImportError("progress_bar needs tqdm: pip install tqdm") from e
-  bar = tqdm(total=max_steps, **tqdm_kwargs)
-
-  def callback(step, value, grad_norm):
-    bar.n = int(step)
-    bar.set_postfix(loss=f"{float(value):.3e}", grad_norm=f"{float(grad_norm):.2e}", refresh=False)
-    bar.refresh()
-
-  callback.close = bar.close
-  return callback
+  return ProgressBar(tqdm(total=max_steps, **tqdm_kwargs))
 
 
 def minimize(
-  fun: Callable,
-  params: Any,
+  fun: Callable[..., Any],
+  params: optax.Params,
   optimizer: Optional[optax.GradientTransformation] = None,
   *,
   max_steps: int = 10_000,
   has_aux: bool = False,
-  args: tuple = (),
+  args: tuple[Any, ...] = (),
   gtol: Optional[float] = None,
   rtol: Optional[float] = None,
   ftol: Optional[float] = None,
   xtol: Optional[float] = None,
-  callback: Optional[Callable] = None,
+  callback: Optional[Callable[[jax.Array, jax.Array, jax.Array], Any]] = None,
   callback_every: int = 100,
 ) -> Solution:
   r"""Minimise ``fun`` with an Optax optimizer inside one ``jax.lax.while_loop``.

@@ -8,6 +8,7 @@ are checked only when they are concrete numbers: under ``optax.inject_hyperparam
 from typing import Any, Iterable, Optional
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 
@@ -85,7 +86,7 @@ def check_int(name: str, value: Any, *, low: int = 0, allow_none: bool = True) -
     and np.ndim(value) == 0
     and jnp.issubdtype(value.dtype, jnp.integer)
   )
-  if isinstance(value, bool) or not is_int or value < low:
+  if value is None or isinstance(value, bool) or not is_int or value < low:
     raise ValueError(
       f"{name} must be an integer >= {low}"
       + (" or None" if allow_none else "")
