@@ -16,7 +16,6 @@ share one compilation per method; a learning-rate grid is one `lax.map` call.
 import dataclasses
 import math
 import time
-from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +24,7 @@ import optax
 
 import nag_optax
 from benchmarks import loop
+from benchmarks import methods
 from benchmarks import report
 
 TOL = 1e-6
@@ -33,7 +33,7 @@ LAMBDAS = (1e-2, 1e-4)
 DATASETS = ("breast_cancer", "digits")
 RECORD_EVERY = max(1, math.ceil(CAP / loop.HISTORY_SIZE))
 
-# Half-decade grids around the learning rates ANCHORS.md found best (sgd 3.0 and 10.0).
+# Half-decade grids around the best learning rates of earlier reference runs (sgd 3.0 and 10.0).
 SGD_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
 ADAM_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
 
@@ -82,9 +82,13 @@ def problems(mode: str) -> list[Problem]:
   return [load(d, lam) for d in DATASETS for lam in lams]
 
 
-def _data(q: Problem) -> dict:
+def problem_data(q: Problem) -> dict:
+  """The traced inputs of every solver: features, labels, lambda, x0 and the driver's target
+  (tol, max_steps, record_every)."""
   return dict(features=jnp.asarray(q.features), labels=jnp.asarray(q.labels),
-              lam=jnp.asarray(q.lam), x0=jnp.asarray(q.x0))
+              lam=jnp.asarray(q.lam), x0=jnp.asarray(q.x0), tol=jnp.asarray(TOL),
+              max_steps=jnp.asarray(CAP, jnp.int32),
+              record_every=jnp.asarray(RECORD_EVERY, jnp.int32))
 
 
 def loss(w, d):
@@ -106,19 +110,12 @@ def _objective(d):
 
 
 # ---------------------------------------------------------------------------------------------
-# Solvers: solve(d, learning_rate) -> loop.RunResult, each traced once per data-set shape.
-
-
-def _optax_solver(make, **kwargs):
-  def solve(d, learning_rate):
-    fun, metric = _objective(d)
-    return loop.run_to_target(make(learning_rate), fun, d["x0"], metric, CAP, RECORD_EVERY,
-                              tol=TOL, **kwargs)
-  return solve
+# Solvers of their own: solve(d, learning_rate) -> loop.RunResult, each traced once per data-set
+# shape (the Optax methods run through methods.solver, the shared driver).
 
 
 # optax's default max_learning_rate = 1 caps the step below 1/L on these problems (then it needs
-# 677-718 iterations at lambda 1e-2 and misses the cap at 1e-4); raised, as ANCHORS.md ran it.
+# 677-718 iterations at lambda 1e-2 and misses the cap at 1e-4); raised.
 BACKTRACKING_MAX_LR = 1e3
 
 
@@ -187,54 +184,23 @@ def _minimize_solver(callback=None):
   return solve
 
 
-@dataclasses.dataclass(frozen=True)
-class Method:
-  name: str
-  needs: str
-  solve: Callable[[dict, Any], loop.RunResult]
-  grid: Optional[tuple] = None
-
-
+# make(d, learning_rate) -> optimizer, run by the shared driver; or a solver of its own.
 METHODS = (
-    Method("nag_optax.auto_nag() gradient-only (no extra args)", "—",
-           _optax_solver(lambda lr: nag_optax.auto_nag(rtol=None), pass_extra_args=False)),
-    Method("optax.sgd(nesterov=True) 0.9, best of lr grid", "tuning",
-           _optax_solver(lambda lr: optax.sgd(lr, 0.9, nesterov=True)), grid=SGD_GRID),
-    Method("optax.adam, best of lr grid", "tuning",
-           _optax_solver(optax.adam), grid=ADAM_GRID),
-    Method(LBFGS_NAME, "f values",
-           _optax_solver(lambda lr: optax.lbfgs(), value_from_linesearch=True)),
-    Method("sgd(1) + scale_by_backtracking_linesearch", "f values", _backtracking_solver),
-    Method("optax.contrib.prodigy()", "—",
-           _optax_solver(lambda lr: optax.contrib.prodigy())),
-    Method("jaxopt FISTA + backtracking (ProximalGradient, prox_none)", "f values",
-           _fista_solver),
+    methods.Method("nag_optax.auto_nag() gradient-only (no extra args)",
+                   lambda d, lr: nag_optax.auto_nag(rtol=None), pass_extra_args=False),
+    methods.Method("optax.sgd(nesterov=True) 0.9, best of lr grid",
+                   lambda d, lr: optax.sgd(lr, 0.9, nesterov=True), needs="tuning",
+                   grid=SGD_GRID),
+    methods.Method("optax.adam, best of lr grid", lambda d, lr: optax.adam(lr), needs="tuning",
+                   grid=ADAM_GRID),
+    methods.Method(LBFGS_NAME, lambda d, lr: optax.lbfgs(), needs="f values",
+                   value_from_linesearch=True),
+    methods.Method("sgd(1) + scale_by_backtracking_linesearch", needs="f values",
+                   solve=_backtracking_solver),
+    methods.Method("optax.contrib.prodigy()", lambda d, lr: optax.contrib.prodigy()),
+    methods.Method("jaxopt FISTA + backtracking (ProximalGradient, prox_none)", needs="f values",
+                   solve=_fista_solver),
 )
-
-
-def _history(values) -> list:
-  history = [float(f"{v:.4g}") if math.isfinite(v) else None for v in np.asarray(values)]
-  while history and history[-1] is None:
-    history.pop()
-  return history
-
-
-def _to_run(name, needs, result, seconds, lane=None, note="", extra=None):
-  pick = (lambda x: np.asarray(x)[lane]) if lane is not None else np.asarray
-  return report.MethodRun(
-      method=name, needs=needs, steps=int(pick(result.steps)), reached=bool(pick(result.reached)),
-      grad_evals=int(pick(result.grad_evals)), function_evals=int(pick(result.function_evals)),
-      wall_time_s=seconds, final_metric=float(pick(result.metric)),
-      history=_history(pick(result.history)), history_every=RECORD_EVERY, note=note,
-      extra=extra or {})
-
-
-def _best_lane(result) -> int:
-  reached = np.asarray(result.reached)
-  if reached.any():
-    return int(np.argmin(np.where(reached, np.asarray(result.steps), np.iinfo(np.int32).max)))
-  metric = np.asarray(result.metric)
-  return int(np.argmin(np.where(np.isfinite(metric), metric, np.inf)))
 
 
 def _run_minimize(d, compiled, compile_time, key):
@@ -270,14 +236,14 @@ def run(mode: str, progress) -> report.SuiteResult:
   progress.refresh()
   compiled, compile_time, results, notes = {}, {}, [], []
   for q in qs:
-    d = _data(q)
+    d = problem_data(q)
     runs = []
 
     progress.set_postfix_str(f"{q.label}: minimize(auto_nag)")
     result, seconds, reason = _run_minimize(d, compiled, compile_time,
                                             (MINIMIZE_NAME, q.dataset))
-    minimize_run = _to_run(MINIMIZE_NAME, "—", result, seconds,
-                           extra=dict(stop_reason=reason.name))
+    minimize_run = methods.method_run(MINIMIZE_NAME, "—", result, seconds, RECORD_EVERY,
+                                      extra=dict(stop_reason=reason.name))
     runs.append(minimize_run)
     if reason != nag_optax.StopReason.RTOL:
       notes.append(f"{q.label}: minimize(auto_nag) stopped with {reason.name}, not RTOL.")
@@ -285,26 +251,10 @@ def run(mode: str, progress) -> report.SuiteResult:
 
     for m in METHODS:
       progress.set_postfix_str(f"{q.label}: {m.name[:28]}")
-      key = (m.name, q.dataset)
-      if m.grid is None:
-        lr, fn = jnp.asarray(0.0), m.solve
-      else:
-        # lax.map, not vmap: each learning rate stops at its own target (under vmap every lane
-        # would run as long as the slowest, up to the cap).
-        lr = jnp.asarray(m.grid)
-        fn = lambda d, lrs, solve=m.solve: jax.lax.map(lambda r: solve(d, r), lrs)
-      if key not in compiled:
-        compiled[key], compile_time[m.name] = loop.compile_timed(fn, d, lr)
-      out, seconds = loop.call_timed(compiled[key], d, lr)
-      if m.grid is None:
-        runs.append(_to_run(m.name, m.needs, out, seconds))
-      else:
-        lane = _best_lane(out)
-        grid = [dict(learning_rate=float(lr[i]), steps=int(out.steps[i]),
-                     reached=bool(out.reached[i]), diverged=bool(out.diverged[i]),
-                     final_metric=float(out.metric[i])) for i in range(len(lr))]
-        runs.append(_to_run(m.name, m.needs, out, seconds, lane=lane,
-                            note=f"lr {float(lr[lane]):.3g}", extra=dict(grid=grid)))
+      # A grid is one lax.map, not a vmap: each learning rate stops at its own target (under
+      # vmap every lane would run as long as the slowest, up to the cap).
+      runs.append(methods.run(m, methods.solver(m, _objective), d, RECORD_EVERY, compiled,
+                              compile_time, key=(m.name, q.dataset), lanes="map"))
       progress.update(1)
 
     # nag_optax rows: iterations / optax.lbfgs iterations, in the note column.

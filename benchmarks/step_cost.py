@@ -17,12 +17,11 @@ is counted from ``jax.eval_shape(optimizer.init, params)``: the total size of it
 by the number of parameters ("parameter-sized buffers"; scalars such as counters are negligible).
 """
 
-import dataclasses
 import math
 import re
 import time
 import warnings
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +29,7 @@ import numpy as np
 import optax
 
 import nag_optax
+from benchmarks import methods
 from benchmarks import report
 
 LAYERS = ((2048, 4096), (4096, 2048))
@@ -40,27 +40,22 @@ GOAL_RATIO = 1.5  # auto_nag's target: within 1.5x of sgd-nesterov's step time
 BASELINE = "optax.sgd(0.1, 0.9, nesterov=True)"
 
 
-@dataclasses.dataclass(frozen=True)
-class Method:
-  name: str
-  make: Callable[[], optax.GradientTransformation]
-  extra_args: bool = False  # pass value, grad, value_fn to update
-
-
 DONATE_ARGNUMS = (0, 1)  # params and optimizer state, as a training step donates them
 
+# make() -> optimizer; uses_value: the step passes value, grad and value_fn, as the optimizer's
+# users do (nag_optax.minimize, Flax NNX's optimizer.update(model, grads, value=loss)).
 METHODS = (
-  Method(BASELINE, lambda: optax.sgd(0.1, 0.9, nesterov=True)),
-  Method("optax.adam(1e-3)", lambda: optax.adam(1e-3)),
-  Method("optax.nadamw(1e-3)", lambda: optax.nadamw(1e-3)),
-  Method("optax.contrib.prodigy()", optax.contrib.prodigy),
-  Method("optax.contrib.schedule_free_adamw()", optax.contrib.schedule_free_adamw),
-  Method("nag_optax.nag(0.1)", lambda: nag_optax.nag(0.1)),
-  Method("nag_optax.auto_nag() with value, grad, value_fn", nag_optax.auto_nag, extra_args=True),
-  Method("nag_optax.auto_nag() gradient-only", nag_optax.auto_nag),
-  Method("nag_optax.auto_nag_sgd() with value", nag_optax.auto_nag_sgd, extra_args=True),
-  Method("nag_optax.auto_nadamw() with value", nag_optax.auto_nadamw, extra_args=True),
-  Method("optax.lbfgs() (zoom line search)", optax.lbfgs, extra_args=True),
+  methods.Method(BASELINE, lambda: optax.sgd(0.1, 0.9, nesterov=True)),
+  methods.Method("optax.adam(1e-3)", lambda: optax.adam(1e-3)),
+  methods.Method("optax.nadamw(1e-3)", lambda: optax.nadamw(1e-3)),
+  methods.Method("optax.contrib.prodigy()", optax.contrib.prodigy),
+  methods.Method("optax.contrib.schedule_free_adamw()", optax.contrib.schedule_free_adamw),
+  methods.Method("nag_optax.nag(0.1)", lambda: nag_optax.nag(0.1)),
+  methods.Method("nag_optax.auto_nag() with value, grad, value_fn", nag_optax.auto_nag, uses_value=True),
+  methods.Method("nag_optax.auto_nag() gradient-only", nag_optax.auto_nag),
+  methods.Method("nag_optax.auto_nag_sgd() with value", nag_optax.auto_nag_sgd, uses_value=True),
+  methods.Method("nag_optax.auto_nadamw() with value", nag_optax.auto_nadamw, uses_value=True),
+  methods.Method("optax.lbfgs() (zoom line search)", optax.lbfgs, uses_value=True),
 )
 
 
@@ -88,9 +83,9 @@ def state_buffers(optimizer, params) -> float:
   return size(jax.eval_shape(optimizer.init, params)) / size(params)
 
 
-def _step_fn(method: Method, optimizer, donate_argnums: tuple = ()):
+def _step_fn(method: methods.Method, optimizer, donate_argnums: tuple = ()):
   def step(params, state, grad, value):
-    if method.extra_args:
+    if method.uses_value:
       updates, state = optimizer.update(grad, state, params, value=value, grad=grad,
                                         value_fn=loss)
     else:
@@ -131,7 +126,7 @@ def memory_traffic(compiled, params) -> dict:
   )
 
 
-def donated_traffic(method: Method, optimizer, *args: Any) -> dict:
+def donated_traffic(method: methods.Method, optimizer, *args: Any) -> dict:
   """:func:`memory_traffic` of the step compiled with ``donate_argnums=DONATE_ARGNUMS``.
 
   Compiled from abstract shapes only: XLA refuses, at run time, to donate one buffer that a
@@ -145,13 +140,13 @@ def donated_traffic(method: Method, optimizer, *args: Any) -> dict:
   return memory_traffic(compiled, args[0])
 
 
-def time_methods(methods, reps: int) -> dict:
+def time_methods(rows, reps: int) -> dict:
   """Compiles and warms up every method, then times them round-robin (one step of each per
   round), so that drifts of the machine (allocator, frequency, neighbours) hit all alike."""
   params0 = make_params()
   value, grad = jax.value_and_grad(loss)(params0)
   live, measured = {}, {}
-  for m in methods:
+  for m in rows:
     optimizer = m.make()
     params, state = params0, optimizer.init(params0)
     step = _step_fn(m, optimizer)
@@ -168,13 +163,13 @@ def time_methods(methods, reps: int) -> dict:
       params, state = jax.block_until_ready(compiled(params, state, grad, value))
     live[m.name] = [compiled, params, state]
   for _ in range(reps):
-    for m in methods:
+    for m in rows:
       compiled, params, state = live[m.name]
       start = time.perf_counter()
       params, state = jax.block_until_ready(compiled(params, state, grad, value))
       measured[m.name]["times_s"].append(time.perf_counter() - start)
       live[m.name] = [compiled, params, state]
-  for m in methods:
+  for m in rows:
     r = measured[m.name]
     r.update(best_s=min(r["times_s"]), median_s=float(np.median(r["times_s"])),
              finite=all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(live[m.name][1])))
@@ -213,7 +208,7 @@ def run(mode: str, progress) -> report.SuiteResult:
     runs.append(
       report.MethodRun(
         method=m.name,
-        needs="value_fn" if m.extra_args else "—",
+        needs="value_fn" if m.uses_value else "—",
         steps=reps,
         reached=ratio <= GOAL_RATIO,
         grad_evals=0,

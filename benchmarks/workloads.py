@@ -18,7 +18,6 @@ import math
 import multiprocessing
 import os
 import time
-from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +26,7 @@ import optax
 
 import nag_optax
 from benchmarks import algoperf
+from benchmarks import methods
 from benchmarks import report
 from benchmarks import workloads_core as core
 
@@ -114,24 +114,19 @@ STOP_CONFIGS = {name: _stop_config(f)[0] for name, f in nag_factories().items()}
 STOP_READS_VALIDATION = {name: _stop_config(f)[1] for name, f in nag_factories().items()}
 
 
-@dataclasses.dataclass(frozen=True)
-class Method:
-  name: str
-  kind: str  # "baseline" (tuned, budget B), "peer" or "nag_optax" (self-tuning, 1.5 B)
-  make: Callable  # (lr, budget) -> optimizer; lr is traced (a grid value) or None
-  eval_params: Optional[Callable] = None
-
-
 def _baseline(name, opt):
   def make(lr, budget):
     # lr x the unit schedule: optax's schedule branches on a concrete peak value, lr is traced.
     unit = optax.warmup_cosine_decay_schedule(
         0.0, 1.0, max(1, int(WARMUP_FRACTION * budget)), budget, end_value=0.0)
     return opt(lambda count: lr * unit(count))
-  return Method(name, "baseline", make)
+  return methods.Method(name, make, needs="tuning", kind="baseline")
 
 
-def methods() -> list:
+def all_methods() -> list:
+  """Every row, as ``methods.Method(name, make(lr, budget) -> optimizer, kind=...)``: ``lr`` is
+  traced (a grid value) or None; kind "baseline" (tuned, budget B), "peer" or "nag_optax"
+  (self-tuning, 1.5 B)."""
   out = [
       _baseline("optax.adamw (tuned)", optax.adamw),
       _baseline("optax.nadamw (tuned)", optax.nadamw),
@@ -151,8 +146,9 @@ def methods() -> list:
       ("optax.contrib.momo()", c.momo, None),
       ("optax.contrib.momo_adam()", c.momo_adam, None),
   ]
-  out += [Method(n, "peer", (lambda f: lambda lr, b: f())(f), e) for n, f, e in peers]
-  out += [Method(n, "nag_optax", (lambda f: lambda lr, b: _call(f, lr))(f))
+  out += [methods.Method(n, (lambda f: lambda lr, b: f())(f), kind="peer", eval_params=e)
+          for n, f, e in peers]
+  out += [methods.Method(n, (lambda f: lambda lr, b: _call(f, lr))(f), kind="nag_optax")
           for n, f in nag_factories().items()]
   return out
 
@@ -233,7 +229,7 @@ def _run_workload(name, settings, mode, progress, timer) -> dict:
   timer.add(f"{name}: data and init", time.perf_counter() - t0)
   res = dict(methods={}, budget=budget, eval_every=eval_every, seeds=seeds, info=wl.info,
              label=wl.label, metric=wl.metric, higher_is_better=wl.higher_is_better)
-  for m in methods():
+  for m in all_methods():
     progress.set_postfix_str(f"{name}: {m.name[:40]}")
     if m.kind == "baseline":
       grid = ADAM_GRID[settings["grid"]] if "adam" in m.name else SGD_GRID[settings["grid"]]
@@ -686,7 +682,7 @@ def run(mode: str, progress) -> report.SuiteResult:
 def _run(mode: str, progress) -> report.SuiteResult:
   start = time.perf_counter()
   settings = SETTINGS.get(mode, SETTINGS["quick"])
-  n_methods = len(methods())
+  n_methods = len(all_methods())
   n_nag = len(nag_factories())
   n_stop = len(settings["budgets"]) if settings["stop"] is None else len(settings["stop"])
   progress.total = (progress.total or 0) + len(settings["budgets"]) * n_methods + \

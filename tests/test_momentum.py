@@ -9,8 +9,8 @@ import optax
 import pytest
 
 import nag_optax
+from problems import quadratics
 from tests import loops
-from tests import quadratics
 
 
 def _sgd_nesterov(step, **kwargs):

@@ -9,8 +9,8 @@ import pytest
 
 import nag_optax
 from nag_optax import StopReason
+from problems import quadratics
 from tests import loops
-from tests import quadratics
 
 
 def _problem():

@@ -10,8 +10,8 @@ import optax
 import pytest
 
 import nag_optax
+from problems import quadratics
 from tests import loops
-from tests import quadratics
 
 
 def _chain(step_tx, restart="gradient"):

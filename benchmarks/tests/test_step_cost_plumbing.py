@@ -7,9 +7,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from benchmarks import methods
 from benchmarks import step_cost
 
-SGD = step_cost.Method("sgd-nesterov", lambda: optax.sgd(0.1, 0.9, nesterov=True))
+SGD = methods.Method("sgd-nesterov", lambda: optax.sgd(0.1, 0.9, nesterov=True))
 
 
 def _small_problem():
@@ -45,7 +46,7 @@ def test_sgd_nesterov_bytes_ratio_is_one_fused_pass_or_two():
 
 def test_adam_reads_and_writes_more_than_sgd():
   # Adam's second moment is one more state buffer: one more read and one more write at least.
-  assert _traffic(step_cost.Method("adam", lambda: optax.adam(1e-3)))[0]["bytes_ratio"] >= \
+  assert _traffic(methods.Method("adam", lambda: optax.adam(1e-3)))[0]["bytes_ratio"] >= \
       _traffic(SGD)[0]["bytes_ratio"] + 2.0 - 1e-6
 
 
