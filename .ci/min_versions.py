@@ -21,13 +21,19 @@ def _canonical(name: str) -> str:
   return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _floor(requirement: str) -> tuple[str, str]:
+def _parse(requirement: str) -> tuple[str, str, str]:
+  """(name, version specifiers, environment marker) of a PEP 508 requirement."""
   match = _REQUIREMENT.match(requirement)
   if match is None:
     raise SystemExit(f"cannot parse the requirement {requirement!r}")
   name, _, specifiers, marker = match.groups()
+  return name, specifiers, marker or ""
+
+
+def _floor(requirement: str) -> tuple[str, str]:
+  name, specifiers, marker = _parse(requirement)
   if marker:
-    raise SystemExit(f"{requirement!r}: environment markers are not supported here")
+    raise SystemExit(f"{requirement!r}: a floor under an environment marker is not supported")
   floor = _FLOOR.search(specifiers)
   if floor is None:
     raise SystemExit(f"{requirement!r} declares no '>=' floor to test")
@@ -38,17 +44,17 @@ def constraints(pyproject: dict, extra_packages: list[str]) -> list[str]:
   """``name==floor`` lines: every runtime dependency, then the named optional packages."""
   project = pyproject["project"]
   pins = dict(_floor(r) for r in project["dependencies"])
-  optional = {}
+  optional: dict[str, list[str]] = {}
   for requirements in project.get("optional-dependencies", {}).values():
     for requirement in requirements:
-      name, floor = _floor(requirement)
-      previous = optional.setdefault(_canonical(name), (name, floor))
-      if previous[1] != floor:
-        raise SystemExit(f"{name} has two floors in the extras: {previous[1]} and {floor}")
+      optional.setdefault(_canonical(_parse(requirement)[0]), []).append(requirement)
   for package in extra_packages:
     if _canonical(package) not in optional:
       raise SystemExit(f"{package} is in no optional-dependencies list of pyproject.toml")
-    name, floor = optional[_canonical(package)]
+    floors = {_floor(r) for r in optional[_canonical(package)]}
+    if len(floors) > 1:
+      raise SystemExit(f"{package} has different floors in the extras: {sorted(floors)}")
+    name, floor = floors.pop()
     pins[name] = floor
   return [f"{name}=={floor}" for name, floor in pins.items()]
 
