@@ -180,18 +180,32 @@ def scale_by_distance(
       raise ValueError("scale_by_distance needs params: its estimate reads x_0 - x_k.")
     dtype = state.distance.dtype
     acc = jnp.promote_types(dtype, jnp.float32)
-    finite = numerics.all_finite(updates)
     first = state.count == 0
     size = max(sum(x.size for x in jax.tree.leaves(params)), 1)
-
     d = state.distance
+    lam = (d * d).astype(acc)
+    # Every global sum this step needs, in one pass over the inputs (see `_sums`): sum g^2 (the
+    # default direction's mean square; finite iff every g is), the estimate's <g, x_0 - x> and
+    # ||s_new||_1 = ||decay s + lam g||_1 (lam from this step's d: a new d reaches the next step),
+    # and, for the first step's cap, sum x^2 and ||g||_1 (s = 0 then, so ||s_new||_1 =
+    # lam ||g||_1 with the capped lam).
+    grad_sq, numerator_term, l1, params_sq, grad_l1 = numerics.sums(
+      lambda g, p0, p, s_: (g * g, g * (p0 - p), jnp.abs(decay * s_ + lam * g), p * p, jnp.abs(g)),
+      updates,
+      state.initial_params,
+      params,
+      state.grad_sum,
+      dtype=acc,
+    )
+    finite = jnp.isfinite(grad_sq)
     if max_relative_step is not None:
-      rms_params = numerics.norm(params, acc) / jnp.sqrt(jnp.asarray(size, acc))
+      rms_params = jnp.sqrt(params_sq / size)
       cap = (max_relative_step * jnp.maximum(rms_params, 1e-3)).astype(dtype)
       d = jnp.where(first, jnp.minimum(d, cap), d)
-
+      lam = (d * d).astype(acc)
+      l1 = jnp.where(first, lam * grad_l1, l1)
     if direction is None:
-      mean_square = numerics.norm(updates, acc) ** 2 / size
+      mean_square = grad_sq / size
       v = rms_decay * state.mean_square + (1.0 - rms_decay) * mean_square.astype(dtype)
       bias = 1.0 - rms_decay ** optax.safe_increment(state.count).astype(dtype)
       vmax = jnp.maximum(v / bias, max_rms_decay * state.max_mean_square)
@@ -209,18 +223,15 @@ def scale_by_distance(
     new_updates = jax.tree.map(lambda a, g: (-rate * a.astype(acc)).astype(g.dtype),
                                dir_updates, updates)
 
-    lam = d * d
-    diff = jax.tree.map(lambda p0, p: p0 - p, state.initial_params, params)
-    numerator = decay * state.numerator + lam * numerics.vdot(updates, diff, dtype)
-    grad_sum = jax.tree.map(lambda s, g: (decay * s + lam * g).astype(s.dtype),
-                            state.grad_sum, updates)
-    denominator = sum(jnp.sum(jnp.abs(s.astype(acc))) for s in jax.tree.leaves(grad_sum))
-    estimate = numerator / jnp.where(denominator > 0, denominator, 1.0).astype(dtype)
-    estimate = jnp.where(denominator > 0, estimate, 0.0)
+    lam = lam.astype(dtype)
+    numerator = decay * state.numerator + lam * numerator_term.astype(dtype)
+    grad_sum = jax.tree.map(
+      lambda s_, g: (decay * s_ + lam * g).astype(s_.dtype), state.grad_sum, updates
+    )
+    estimate = numerics.safe_div(numerator, l1.astype(dtype))
     if growth_rate is not None:
       estimate = jnp.minimum(estimate, growth_rate * d)
-    new_d = jnp.where(finite & jnp.isfinite(estimate), jnp.maximum(d, estimate), d)
-
+    new_d = jnp.where(finite, jnp.maximum(d, estimate), d)
     keep = lambda new, old: optax.tree.where(finite, new, old)
     new_state = ScaleByDistanceState(
         count=optax.safe_increment(state.count),

@@ -9,6 +9,7 @@ updates keep the dtype of the incoming updates, and every reduction through
 
 import functools
 import operator
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -49,6 +50,35 @@ def vdot(tree_x: Any, tree_y: Any, dtype: Any = jnp.float32) -> jax.Array:
   if not parts:
     return jnp.zeros((), dtype)
   return functools.reduce(operator.add, parts).astype(dtype)
+
+
+def sums(terms: Callable[..., Sequence[jax.Array]], *trees: Any,
+         dtype: Any = jnp.float32) -> tuple[jax.Array, ...]:
+  """Global sums of several elementwise terms of ``trees``' leaves.
+
+  ``terms(*leaves)`` returns a sequence of arrays shaped like the leaves (the leaves are given
+  in at least float32); each is summed over all elements of all leaves, accumulated in at least
+  ``dtype``. Each term is its own full reduction (no reshape), so sharded leaves reduce across
+  devices without being gathered. One variadic reduction would read the inputs once for all
+  terms, but the SPMD partitioner gathers the operands of a variadic reduction.
+  """
+  acc = jnp.promote_types(dtype, jnp.float32)
+  leaves = list(zip(*(jax.tree.leaves(t) for t in trees)))
+  if not leaves:
+    count = len(terms(*(jnp.zeros((), acc) for _ in trees)))
+    return tuple(jnp.zeros((), dtype) for _ in range(count))
+  per_leaf = [[jnp.sum(jnp.asarray(t, acc)) for t in terms(*(x.astype(acc) for x in xs))]
+              for xs in leaves]
+  return tuple(functools.reduce(operator.add, column).astype(dtype)
+               for column in zip(*per_leaf))
+
+
+def safe_div(numerator: jax.Array, denominator: jax.Array, default: Any = 0.0) -> jax.Array:
+  """``numerator / denominator``, or ``default`` where the denominator is not positive or the
+  quotient is not finite."""
+  quotient = numerator / jnp.where(denominator > 0, denominator, jnp.ones_like(denominator))
+  return jnp.where((denominator > 0) & jnp.isfinite(quotient), quotient,
+                   jnp.asarray(default, quotient.dtype))
 
 
 def all_finite(tree: Any) -> jax.Array:

@@ -176,7 +176,8 @@ def stop_when(
 
   def update_fn(updates, state, params=None, *, value=None, validation_loss=None, **extra_args):
     dtype = state.grad_norm.dtype
-    grad_norm = numerics.norm(updates, dtype)
+    (grad_sq,) = numerics.sums(lambda g: (g * g,), updates, dtype=dtype)
+    grad_norm = jnp.sqrt(grad_sq).astype(dtype)
     has_value = value is not None
     f = jnp.asarray(value).astype(dtype) if has_value else jnp.zeros((), dtype)
     inputs_finite = jnp.isfinite(grad_norm)
@@ -228,10 +229,15 @@ def stop_when(
       extra_args["validation_loss"] = validation_loss
     inner_updates, inner_state = inner.update(updates, state.inner_state, params, value=value,
                                               **extra_args)
+    # Gated by scalars known before the inner update, the selects fuse into the passes that
+    # compute the new inner state and updates; a select on the update's own finiteness would
+    # re-read both whole states after those passes.
+    proceed = ~state.stop & ~stop_now & inputs_finite
     inner_updates = jax.tree.map(lambda u, g: u.astype(g.dtype), inner_updates, updates)
-    update_norm = numerics.norm(inner_updates, dtype)
+    (update_sq,) = numerics.sums(lambda u: (u * u,), inner_updates, dtype=dtype)
+    update_norm = jnp.sqrt(update_sq).astype(dtype)
     finite = inputs_finite & jnp.isfinite(update_norm)
-    apply = ~state.stop & ~stop_now & finite
+    apply = proceed & finite
 
     nonfinite_count = jnp.where(finite, 0, state.nonfinite_count + 1)
     reason = fire(reason, ~finite & (nonfinite_count >= max_nonfinite), StopReason.NONFINITE)
