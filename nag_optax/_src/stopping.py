@@ -229,15 +229,11 @@ def stop_when(
       extra_args["validation_loss"] = validation_loss
     inner_updates, inner_state = inner.update(updates, state.inner_state, params, value=value,
                                               **extra_args)
-    # Gated by scalars known before the inner update, the selects fuse into the passes that
-    # compute the new inner state and updates; a select on the update's own finiteness would
-    # re-read both whole states after those passes.
-    proceed = ~state.stop & ~stop_now & inputs_finite
     inner_updates = jax.tree.map(lambda u, g: u.astype(g.dtype), inner_updates, updates)
     (update_sq,) = numerics.sums(lambda u: (u * u,), inner_updates, dtype=dtype)
     update_norm = jnp.sqrt(update_sq).astype(dtype)
     finite = inputs_finite & jnp.isfinite(update_norm)
-    apply = proceed & finite
+    apply = ~state.stop & ~stop_now & finite
 
     nonfinite_count = jnp.where(finite, 0, state.nonfinite_count + 1)
     reason = fire(reason, ~finite & (nonfinite_count >= max_nonfinite), StopReason.NONFINITE)
