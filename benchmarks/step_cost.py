@@ -140,6 +140,18 @@ def donated_traffic(method: methods.Method, optimizer, *args: Any) -> dict:
   return memory_traffic(compiled, args[0])
 
 
+def run_steps(method: methods.Method, params, steps: int):
+  """The params after ``steps`` jitted steps of ``method`` from ``params`` (the suite's step:
+  the gradient and value of the start, given)."""
+  value, grad = jax.value_and_grad(loss)(params)
+  optimizer = method.make()
+  state = optimizer.init(params)
+  step = _step_fn(method, optimizer)
+  for _ in range(steps):
+    params, state = step(params, state, grad, value)
+  return params
+
+
 def time_methods(rows, reps: int) -> dict:
   """Compiles and warms up every method, then times them round-robin (one step of each per
   round), so that drifts of the machine (allocator, frequency, neighbours) hit all alike."""
