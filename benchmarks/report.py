@@ -15,19 +15,24 @@ import numpy as np
 
 @dataclasses.dataclass
 class MethodRun:
-  """One method on one problem."""
+  """One method on one problem.
+
+  The run-to-target fields (``steps`` to ``history``) stay ``None`` / empty where a suite does
+  not measure them (``step_cost`` times one step: its numbers are in ``extra``); the generic
+  tables print them as "-".
+  """
   method: str
-  needs: str
-  steps: int  # iterations run (the cap when the target was not reached)
-  reached: bool
-  grad_evals: int
-  function_evals: int
-  wall_time_s: float  # run time after compilation (for a grid: the whole grid)
-  final_metric: float
-  history: list  # metric every `history_every` steps (None after the run ended)
-  history_every: int
+  needs: str = "—"  # what a user must know or supply
+  steps: Optional[int] = None  # iterations run (the cap when the target was not reached)
+  reached: Optional[bool] = None
+  grad_evals: Optional[int] = None
+  function_evals: Optional[int] = None  # None: not counted (the value comes with the gradient)
+  wall_time_s: Optional[float] = None  # run time after compilation (for a grid: the whole grid)
+  final_metric: Optional[float] = None
+  history: list = dataclasses.field(default_factory=list)  # metric every `history_every` steps
+  history_every: int = 1
   note: str = ""  # e.g. the chosen learning rate of a grid
-  extra: dict = dataclasses.field(default_factory=dict)
+  extra: dict = dataclasses.field(default_factory=dict)  # the suite's own measurements
 
   @property
   def iterations(self) -> Optional[int]:
@@ -67,6 +72,10 @@ class SuiteResult:
 
 def _count(n: Optional[float]) -> str:
   return "-" if n is None else f"{int(n):,}"
+
+
+def _number(x: Optional[float], spec: str) -> str:
+  return "-" if x is None else format(x, spec)
 
 
 def _cell(run: MethodRun, bound: Optional[int]) -> str:
@@ -112,7 +121,8 @@ def detail_table(problem: ProblemResult) -> str:
     ratio = f"{r.steps / problem.bound:.2f}" if (r.reached and problem.bound) else "-"
     lines.append(
         f"| {r.method} | {_count(r.iterations)} | {ratio} | {_count(r.grad_evals)} | "
-        f"{_count(r.function_evals)} | {r.wall_time_s:.3f} | {r.final_metric:.2e} | {r.note} |")
+        f"{_count(r.function_evals)} | {_number(r.wall_time_s, '.3f')} | "
+        f"{_number(r.final_metric, '.2e')} | {r.note} |")
   return "\n".join(lines)
 
 
@@ -129,6 +139,12 @@ def markdown(suite: SuiteResult, heading_level: int = 2) -> str:
   for p in suite.problems:
     parts += [f"{h}# {p.name} (cap {p.cap:,}"
               + (f", N_LB {p.bound:,}" if p.bound else "") + ")", "", detail_table(p), ""]
+  return "\n".join(parts + [footer(suite)]) + "\n"
+
+
+def footer(suite: SuiteResult) -> str:
+  """Compile time per method, the mode and the suite's wall time."""
+  parts = []
   if suite.compile_time_s:
     parts.append("Compile time per method (s, once per suite; every problem of one shape "
                  "reuses it): " + ", ".join(f"{k} {v:.1f}" for k, v in
@@ -136,7 +152,7 @@ def markdown(suite: SuiteResult, heading_level: int = 2) -> str:
     parts.append("")
   parts.append(f"Mode `{suite.mode}`, suite wall time {suite.total_time_s:.0f} s "
                "(compilation included).")
-  return "\n".join(parts) + "\n"
+  return "\n".join(parts)
 
 
 def _jsonable(x: Any) -> Any:

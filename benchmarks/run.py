@@ -123,7 +123,8 @@ def main(argv=None) -> None:
       seconds_per_suite[name] = time.perf_counter() - suite_start
       text = report.write(suite, args.out)
       texts.append(text)
-      progress.write("\n" + report.summary_table(suite) + "\n", file=sys.stderr)
+      if suite.render_markdown is None:  # a suite that renders itself prints its text below
+        progress.write("\n" + report.summary_table(suite) + "\n", file=sys.stderr)
   seconds = time.perf_counter() - start
   print(f"\n{env}")
   for text in texts:

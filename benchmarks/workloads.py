@@ -248,7 +248,7 @@ def _run_workload(name, settings, mode, progress, timer) -> dict:
                 key=lambda i: (values[i]["median_best"] if np.isfinite(values[i]["median_best"])
                                else (-math.inf if wl.higher_is_better else math.inf)))
     entry = dict(kind=m.kind, grid=list(grid), values=values, best=best,
-                 lr=grid[best], grid_wall_s=seconds,
+                 lr=grid[best], grid_wall_s=seconds, grid_run_s=run_s,
                  steps=blocks * eval_every)
     t1 = time.perf_counter()
     if mode == "full":
@@ -739,10 +739,11 @@ accepts them).
       runs.append(report.MethodRun(
           method=n, needs="tuning" if e["kind"] == "baseline" else "—",
           steps=int(e["steps_to_target"]) if reached else e["steps"], reached=reached,
-          grad_evals=int(e["steps_to_target"]) if reached else e["steps"], function_evals=0,
-          wall_time_s=e["ms_per_step"] / 1e3, final_metric=v["final_metric"],
+          grad_evals=int(e["steps_to_target"]) if reached else e["steps"],
+          wall_time_s=e["grid_run_s"], final_metric=v["final_metric"],
           history=v["median_metric_curve"], history_every=res["eval_every"],
-          note=(f"lr {e['lr']:g}" if e["kind"] == "baseline" else "")))
+          note=(f"lr {e['lr']:g}" if e["kind"] == "baseline" else ""),
+          extra=dict(ms_per_step=e["ms_per_step"])))
     problems.append(report.ProblemResult(name=res["label"], label=res["label"],
                                          cap=res["budget"], runs=runs))
   total = time.perf_counter() - start
