@@ -39,9 +39,11 @@ $(VENV)/.lint-stamp: pyproject.toml | $(PY)
 # The formatter check, the linter and the type checker (.pre-commit-config.yaml runs the same).
 # `$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .` fixes most of what they flag.
 lint: $(VENV)/.lint-stamp
-	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pyright --pythonpath $(PY)
+	status=0; \
+	$(VENV)/bin/ruff format --check . || status=1; \
+	$(VENV)/bin/ruff check . || status=1; \
+	$(VENV)/bin/pyright --pythonpath $(PY) || status=1; \
+	exit $$status
 
 # The tests against the oldest versions pyproject.toml declares: a venv of its own with jax, jaxlib,
 # optax and $(MIN_PINNED) at exactly their `>=` floors (.ci/min_versions.py reads them, so the pins
