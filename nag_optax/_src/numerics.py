@@ -52,8 +52,9 @@ def vdot(tree_x: Any, tree_y: Any, dtype: Any = jnp.float32) -> jax.Array:
   return functools.reduce(operator.add, parts).astype(dtype)
 
 
-def sums(terms: Callable[..., Sequence[jax.Array]], *trees: Any,
-         dtype: Any = jnp.float32) -> tuple[jax.Array, ...]:
+def sums(
+  terms: Callable[..., Sequence[jax.Array]], *trees: Any, dtype: Any = jnp.float32
+) -> tuple[jax.Array, ...]:
   """Global sums of several elementwise terms of ``trees``' leaves.
 
   ``terms(*leaves)`` returns a sequence of arrays shaped like the leaves (the leaves are given
@@ -67,18 +68,19 @@ def sums(terms: Callable[..., Sequence[jax.Array]], *trees: Any,
   if not leaves:
     count = len(terms(*(jnp.zeros((), acc) for _ in trees)))
     return tuple(jnp.zeros((), dtype) for _ in range(count))
-  per_leaf = [[jnp.sum(jnp.asarray(t, acc)) for t in terms(*(x.astype(acc) for x in xs))]
-              for xs in leaves]
-  return tuple(functools.reduce(operator.add, column).astype(dtype)
-               for column in zip(*per_leaf))
+  per_leaf = [
+    [jnp.sum(jnp.asarray(t, acc)) for t in terms(*(x.astype(acc) for x in xs))] for xs in leaves
+  ]
+  return tuple(functools.reduce(operator.add, column).astype(dtype) for column in zip(*per_leaf))
 
 
 def safe_div(numerator: jax.Array, denominator: jax.Array, default: Any = 0.0) -> jax.Array:
   """``numerator / denominator``, or ``default`` where the denominator is not positive or the
   quotient is not finite."""
   quotient = numerator / jnp.where(denominator > 0, denominator, jnp.ones_like(denominator))
-  return jnp.where((denominator > 0) & jnp.isfinite(quotient), quotient,
-                   jnp.asarray(default, quotient.dtype))
+  return jnp.where(
+    (denominator > 0) & jnp.isfinite(quotient), quotient, jnp.asarray(default, quotient.dtype)
+  )
 
 
 def all_finite(tree: Any) -> jax.Array:
