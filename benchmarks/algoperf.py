@@ -56,17 +56,24 @@ def target(baselines: Mapping[str, Sequence[Sequence[float]]], higher_is_better:
   return medians[name], name
 
 
-def steps_to_target(curve: Sequence[float], target_value: float, eval_every: int,
-                    higher_is_better: bool) -> float:
-  """First evaluation step (``(i + 1) * eval_every``) where the curve reaches the target; inf if never."""
+def steps_to_target(
+  curve: Sequence[float], target_value: float, eval_every: int, higher_is_better: bool
+) -> float:
+  """First evaluation step (``(i + 1) * eval_every``) where the curve reaches the target; inf if
+  never."""
   for i, v in enumerate(curve):
     if better(float(v), target_value, higher_is_better):
       return float((i + 1) * eval_every)
   return math.inf
 
 
-def median_steps(curves: Iterable[Sequence[float]], target_value: float, eval_every: int,
-                 higher_is_better: bool, max_steps: Optional[int] = None) -> float:
+def median_steps(
+  curves: Iterable[Sequence[float]],
+  target_value: float,
+  eval_every: int,
+  higher_is_better: bool,
+  max_steps: Optional[int] = None,
+) -> float:
   """Median over seeds of the steps to target; a seed beyond ``max_steps`` is a miss (inf)."""
   steps = []
   for c in curves:
@@ -84,8 +91,9 @@ def ratios(steps: Mapping[str, Mapping[str, float]]) -> dict:
   no method reached gives inf to everyone.
   """
   workloads = list(dict.fromkeys(w for per in steps.values() for w in per))
-  fastest = {w: min((per.get(w, math.inf) for per in steps.values()), default=math.inf)
-             for w in workloads}
+  fastest = {
+    w: min((per.get(w, math.inf) for per in steps.values()), default=math.inf) for w in workloads
+  }
   out = {}
   for method, per in steps.items():
     out[method] = {}
@@ -122,8 +130,10 @@ def score(method_ratios: Mapping[str, float], tau_max: float = TAU_MAX) -> float
 # run below FLOOR_REL x the largest rate of the run.
 FLOOR_ABS = 1.01e-8
 FLOOR_REL = 1e-6
-FLOOR_RULE = (f"final lr <= {FLOOR_ABS:g}, or median lr over the last quarter of the run "
-              f"< {FLOOR_REL:g} x the run's largest lr")
+FLOOR_RULE = (
+  f"final lr <= {FLOOR_ABS:g}, or median lr over the last quarter of the run "
+  f"< {FLOOR_REL:g} x the run's largest lr"
+)
 
 
 def lr_at_floor(lr_curve: Sequence[float]) -> bool:
@@ -134,7 +144,7 @@ def lr_at_floor(lr_curve: Sequence[float]) -> bool:
     return False
   if lr[-1] <= FLOOR_ABS:
     return True
-  last = lr[-max(1, len(lr) // 4):]
+  last = lr[-max(1, len(lr) // 4) :]
   return bool(np.median(last) < FLOOR_REL * lr.max())
 
 

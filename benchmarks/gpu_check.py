@@ -34,7 +34,6 @@ import math
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import nag_optax
@@ -88,26 +87,35 @@ def host(fn, *args):
 def step_cost_params(method, params):
   """The params after ``STEPS`` steps of the step-cost suite's jitted step for ``method``."""
   from benchmarks import step_cost  # pylint: disable=g-import-not-at-top
+
   return step_cost.run_steps(method, params, STEPS)
 
 
 def minimize_problem() -> dict:
   from benchmarks import logistic  # pylint: disable=g-import-not-at-top
+
   d = logistic.problem_data(logistic.load("breast_cancer", 1e-2))
   return {k: np.asarray(d[k], np.float32) for k in ("features", "labels", "lam", "x0")}
 
 
 def minimize_run(d) -> dict:
   from benchmarks import logistic  # pylint: disable=g-import-not-at-top
-  solution = nag_optax.minimize(logistic.loss, d["x0"],
-                                nag_optax.auto_nag(rtol=MINIMIZE_RTOL),
-                                max_steps=MINIMIZE_MAX_STEPS, args=(d,))
-  return dict(params=solution.params, value=solution.value, steps=solution.steps,
-              reason=solution.reason)
+
+  solution = nag_optax.minimize(
+    logistic.loss,
+    d["x0"],
+    nag_optax.auto_nag(rtol=MINIMIZE_RTOL),
+    max_steps=MINIMIZE_MAX_STEPS,
+    args=(d,),
+  )
+  return dict(
+    params=solution.params, value=solution.value, steps=solution.steps, reason=solution.reason
+  )
 
 
 def training_inputs():
   from benchmarks import workloads_core as core  # pylint: disable=g-import-not-at-top
+
   wl = core.digits_mlp()
   _, params = wl.init_params(0)
   return wl, params, wl.batch_indices(0, TRAIN_BLOCKS * TRAIN_EVAL_EVERY)
@@ -115,6 +123,7 @@ def training_inputs():
 
 def training_run(wl, params, batches) -> dict:
   from benchmarks import workloads_core as core  # pylint: disable=g-import-not-at-top
+
   train = jax.jit(core.make_trainer(wl, nag_optax.auto_nag_sgd, TRAIN_BLOCKS, TRAIN_EVAL_EVERY))
   return train(params, batches)
 
@@ -141,6 +150,7 @@ class Checks:
 
 def check_step_cost(checks: Checks, device, methods=None) -> None:
   from benchmarks import step_cost  # pylint: disable=g-import-not-at-top
+
   cpu = jax.devices("cpu")[0]
   params = host(step_cost.make_params)
   for method in methods or step_cost.METHODS:
@@ -154,13 +164,18 @@ def check_minimize(checks: Checks, device) -> None:
   d = minimize_problem()
   reference = on(jax.devices("cpu")[0], minimize_run, d)
   result = on(device, minimize_run, d)
-  checks.close("minimize(auto_nag) on breast_cancer, solution", result["params"],
-               reference["params"])
+  checks.close(
+    "minimize(auto_nag) on breast_cancer, solution", result["params"], reference["params"]
+  )
   checks.close("minimize, value", result["value"], reference["value"])
-  here, there = ((int(r["steps"]), nag_optax.StopReason(int(r["reason"])).name)
-                 for r in (result, reference))
-  checks.report("minimize, steps and stop reason", here == there,
-                f"{here[0]} steps ({here[1]}) here, {there[0]} ({there[1]}) on the CPU")
+  here, there = (
+    (int(r["steps"]), nag_optax.StopReason(int(r["reason"])).name) for r in (result, reference)
+  )
+  checks.report(
+    "minimize, steps and stop reason",
+    here == there,
+    f"{here[0]} steps ({here[1]}) here, {there[0]} ({there[1]}) on the CPU",
+  )
 
 
 def check_training(checks: Checks, device) -> None:
@@ -171,16 +186,16 @@ def check_training(checks: Checks, device) -> None:
   reference = on(cpu, lambda p, b: training_run(wl, p, b), params, batches)
   result = on(device, lambda p, b: training_run(wl, p, b), params, batches)
   name = f"digits MLP, auto_nag_sgd(), {TRAIN_BLOCKS * TRAIN_EVAL_EVERY} steps"
-  checks.close(f"{name}, training loss per block", result["train_loss"],
-               reference["train_loss"])
-  checks.close(f"{name}, final validation loss", result["val_loss"][-1],
-               reference["val_loss"][-1])
+  checks.close(f"{name}, training loss per block", result["train_loss"], reference["train_loss"])
+  checks.close(f"{name}, final validation loss", result["val_loss"][-1], reference["val_loss"][-1])
   samples = len(wl.splits["validation"][1])
   flipped = abs(float(result["metric"][-1]) - float(reference["metric"][-1])) * samples
-  checks.report(f"{name}, final validation accuracy", bool(np.isfinite(flipped)) and
-                flipped <= 1.0 + 1e-3,
-                f"{float(result['metric'][-1]):.4f} here, {float(reference['metric'][-1]):.4f} on "
-                f"the CPU ({flipped:.0f} of {samples} samples differ)")
+  checks.report(
+    f"{name}, final validation accuracy",
+    bool(np.isfinite(flipped)) and flipped <= 1.0 + 1e-3,
+    f"{float(result['metric'][-1]):.4f} here, {float(reference['metric'][-1]):.4f} on "
+    f"the CPU ({flipped:.0f} of {samples} samples differ)",
+  )
 
 
 def find_device(name: str):
@@ -195,27 +210,43 @@ def run_suite(out: str) -> None:
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   from benchmarks import report  # pylint: disable=g-import-not-at-top
   from benchmarks import step_cost  # pylint: disable=g-import-not-at-top
+
   with tqdm(total=0, desc="step_cost", unit="run", file=sys.stderr) as progress:
     suite = step_cost.run("quick", progress)
   print(report.write(suite, out), flush=True)
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--out", default="bench_out/gpu_check",
-                      help="where the step-cost suite writes its .md/.json/.png")
-  parser.add_argument("--device", default="gpu", choices=("gpu", "cpu"),
-                      help="the platform checked against the CPU (cpu: a check of this script)")
+  parser = argparse.ArgumentParser(
+    prog="python -m benchmarks.gpu_check",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  parser.add_argument(
+    "--out",
+    default="bench_out/gpu_check",
+    help="where the step-cost suite writes its .md/.json/.png",
+  )
+  parser.add_argument(
+    "--device",
+    default="gpu",
+    choices=("gpu", "cpu"),
+    help="the platform checked against the CPU (cpu: a check of this script)",
+  )
   args = parser.parse_args(argv)
   device = find_device(args.device)
   if device is None:
-    print(f"No GPU found (jax {jax.__version__}, devices {jax.devices()}): nothing compared; "
-          f"exit status {NO_GPU}.")
+    print(
+      f"No GPU found (jax {jax.__version__}, devices {jax.devices()}): nothing compared; "
+      f"exit status {NO_GPU}."
+    )
     return NO_GPU
-  print(f"Device: {device.device_kind} ({device.platform}, {device}); jax {jax.__version__}; "
-        f"reference: {jax.devices('cpu')[0].device_kind} CPU; float32, matmul precision "
-        "highest.", flush=True)
+  print(
+    f"Device: {device.device_kind} ({device.platform}, {device}); jax {jax.__version__}; "
+    f"reference: {jax.devices('cpu')[0].device_kind} CPU; float32, matmul precision "
+    "highest.",
+    flush=True,
+  )
   checks = Checks()
   with jax.enable_x64(False), jax.default_matmul_precision("highest"):
     with jax.default_device(device):
@@ -223,8 +254,11 @@ def main(argv=None) -> int:
     check_step_cost(checks, device)
     check_minimize(checks, device)
     check_training(checks, device)
-  print("All results finite and within float32 rounding of the CPU." if not checks.failed else
-        "Some results differ from the CPU (FAIL above).")
+  print(
+    "All results finite and within float32 rounding of the CPU."
+    if not checks.failed
+    else "Some results differ from the CPU (FAIL above)."
+  )
   return FAILED if checks.failed else 0
 
 

@@ -61,14 +61,16 @@ class Problem:
 
   @property
   def x0(self) -> np.ndarray:
-    shape = (self.features.shape[1],) if self.classes == 2 else (self.features.shape[1],
-                                                                   self.classes)
+    shape = (
+      (self.features.shape[1],) if self.classes == 2 else (self.features.shape[1], self.classes)
+    )
     return np.zeros(shape)
 
 
 def load(dataset: str, lam: float) -> Problem:
   from sklearn import datasets  # pylint: disable=g-import-not-at-top
   from sklearn import preprocessing  # pylint: disable=g-import-not-at-top
+
   x, y = getattr(datasets, f"load_{dataset}")(return_X_y=True)
   x = preprocessing.StandardScaler().fit_transform(x.astype(np.float64))
   x = np.hstack([x, np.ones((x.shape[0], 1))])
@@ -85,10 +87,15 @@ def problems(mode: str) -> list[Problem]:
 def problem_data(q: Problem) -> dict:
   """The traced inputs of every solver: features, labels, lambda, x0 and the driver's target
   (tol, max_steps, record_every)."""
-  return dict(features=jnp.asarray(q.features), labels=jnp.asarray(q.labels),
-              lam=jnp.asarray(q.lam), x0=jnp.asarray(q.x0), tol=jnp.asarray(TOL),
-              max_steps=jnp.asarray(CAP, jnp.int32),
-              record_every=jnp.asarray(RECORD_EVERY, jnp.int32))
+  return dict(
+    features=jnp.asarray(q.features),
+    labels=jnp.asarray(q.labels),
+    lam=jnp.asarray(q.lam),
+    x0=jnp.asarray(q.x0),
+    tol=jnp.asarray(TOL),
+    max_steps=jnp.asarray(CAP, jnp.int32),
+    record_every=jnp.asarray(RECORD_EVERY, jnp.int32),
+  )
 
 
 def loss(w, d):
@@ -125,8 +132,12 @@ def _backtracking_solver(d, learning_rate):
   (``num_linesearch_steps``)."""
   del learning_rate
   fun, metric = _objective(d)
-  opt = optax.chain(optax.sgd(1.0), optax.scale_by_backtracking_linesearch(
-      max_backtracking_steps=15, max_learning_rate=BACKTRACKING_MAX_LR))
+  opt = optax.chain(
+    optax.sgd(1.0),
+    optax.scale_by_backtracking_linesearch(
+      max_backtracking_steps=15, max_learning_rate=BACKTRACKING_MAX_LR
+    ),
+  )
 
   def step(carry):
     w, state, trials = carry
@@ -136,10 +147,12 @@ def _backtracking_solver(d, learning_rate):
     return optax.apply_updates(w, updates), state, trials
 
   carry = (d["x0"], opt.init(d["x0"]), jnp.asarray(0, jnp.int32))
-  (_, _, trials), result = loop.iterate_to_target(step, carry, lambda c: metric(c[0]), tol=TOL,
-                                                  max_steps=CAP, record_every=RECORD_EVERY)
-  return result._replace(grad_evals=result.steps,
-                         function_evals=result.steps + jnp.asarray(trials, jnp.int32))
+  (_, _, trials), result = loop.iterate_to_target(
+    step, carry, lambda c: metric(c[0]), tol=TOL, max_steps=CAP, record_every=RECORD_EVERY
+  )
+  return result._replace(
+    grad_evals=result.steps, function_evals=result.steps + jnp.asarray(trials, jnp.int32)
+  )
 
 
 FISTA_DECREASE = 0.5  # jaxopt's default decrease_factor
@@ -154,9 +167,16 @@ def _fista_solver(d, learning_rate):
   so the trials of an iteration are 1 + log(s_start / s_accepted) / log(1/d)."""
   del learning_rate
   import jaxopt  # pylint: disable=g-import-not-at-top
+
   fun, metric = _objective(d)
-  solver = jaxopt.ProximalGradient(fun=fun, prox=jaxopt.prox.prox_none, acceleration=True,
-                                   decrease_factor=FISTA_DECREASE, maxiter=CAP, tol=0.0)
+  solver = jaxopt.ProximalGradient(
+    fun=fun,
+    prox=jaxopt.prox.prox_none,
+    acceleration=True,
+    decrease_factor=FISTA_DECREASE,
+    maxiter=CAP,
+    tol=0.0,
+  )
 
   def step(carry):
     w, state, trials = carry
@@ -167,39 +187,55 @@ def _fista_solver(d, learning_rate):
     return w, state, trials + 1 + jnp.maximum(extra, 0).astype(jnp.int32)
 
   carry = (d["x0"], solver.init_state(d["x0"], None), jnp.asarray(0, jnp.int32))
-  (_, _, trials), result = loop.iterate_to_target(step, carry, lambda c: metric(c[0]), tol=TOL,
-                                                  max_steps=CAP, record_every=RECORD_EVERY)
+  (_, _, trials), result = loop.iterate_to_target(
+    step, carry, lambda c: metric(c[0]), tol=TOL, max_steps=CAP, record_every=RECORD_EVERY
+  )
   return result._replace(grad_evals=result.steps, function_evals=trials)
 
 
 def _minimize_solver(callback=None):
   """``nag_optax.minimize(loss, x0, auto_nag(rtol=1e-6))``: the library's own solver loop and
   stopping signal. Returns (Solution, ||grad f(x0)||)."""
+
   def solve(d):
     kwargs = dict(callback=callback, callback_every=RECORD_EVERY) if callback else {}
-    sol = nag_optax.minimize(loss, d["x0"], nag_optax.auto_nag(rtol=TOL), max_steps=CAP,
-                             args=(d,), **kwargs)
+    sol = nag_optax.minimize(
+      loss, d["x0"], nag_optax.auto_nag(rtol=TOL), max_steps=CAP, args=(d,), **kwargs
+    )
     initial = jnp.linalg.norm(jax.grad(loss)(d["x0"], d))
     return sol, initial
+
   return solve
 
 
 # make(d, learning_rate) -> optimizer, run by the shared driver; or a solver of its own.
 METHODS = (
-    methods.Method("nag_optax.auto_nag() gradient-only (no extra args)",
-                   lambda d, lr: nag_optax.auto_nag(rtol=None), pass_extra_args=False),
-    methods.Method("optax.sgd(nesterov=True) 0.9, best of lr grid",
-                   lambda d, lr: optax.sgd(lr, 0.9, nesterov=True), needs="tuning",
-                   grid=SGD_GRID),
-    methods.Method("optax.adam, best of lr grid", lambda d, lr: optax.adam(lr), needs="tuning",
-                   grid=ADAM_GRID),
-    methods.Method(LBFGS_NAME, lambda d, lr: optax.lbfgs(), needs="f values",
-                   value_from_linesearch=True),
-    methods.Method("sgd(1) + scale_by_backtracking_linesearch", needs="f values",
-                   solve=_backtracking_solver),
-    methods.Method("optax.contrib.prodigy()", lambda d, lr: optax.contrib.prodigy()),
-    methods.Method("jaxopt FISTA + backtracking (ProximalGradient, prox_none)", needs="f values",
-                   solve=_fista_solver),
+  methods.Method(
+    "nag_optax.auto_nag() gradient-only (no extra args)",
+    lambda d, lr: nag_optax.auto_nag(rtol=None),
+    pass_extra_args=False,
+  ),
+  methods.Method(
+    "optax.sgd(nesterov=True) 0.9, best of lr grid",
+    lambda d, lr: optax.sgd(lr, 0.9, nesterov=True),
+    needs="tuning",
+    grid=SGD_GRID,
+  ),
+  methods.Method(
+    "optax.adam, best of lr grid", lambda d, lr: optax.adam(lr), needs="tuning", grid=ADAM_GRID
+  ),
+  methods.Method(
+    LBFGS_NAME, lambda d, lr: optax.lbfgs(), needs="f values", value_from_linesearch=True
+  ),
+  methods.Method(
+    "sgd(1) + scale_by_backtracking_linesearch", needs="f values", solve=_backtracking_solver
+  ),
+  methods.Method("optax.contrib.prodigy()", lambda d, lr: optax.contrib.prodigy()),
+  methods.Method(
+    "jaxopt FISTA + backtracking (ProximalGradient, prox_none)",
+    needs="f values",
+    solve=_fista_solver,
+  ),
 )
 
 
@@ -210,8 +246,11 @@ def _run_minimize(d, compiled, compile_time, key):
     compiled[key], compile_time[MINIMIZE_NAME] = loop.compile_timed(_minimize_solver(), d)
   (sol, initial), seconds = loop.call_timed(compiled[key], d)
   recorded = {}
-  history_fn = jax.jit(_minimize_solver(
-      lambda step, value, grad_norm: recorded.__setitem__(int(step), float(grad_norm))))
+  history_fn = jax.jit(
+    _minimize_solver(
+      lambda step, value, grad_norm: recorded.__setitem__(int(step), float(grad_norm))
+    )
+  )
   jax.block_until_ready(history_fn(d))
   history = [np.nan] * (max(recorded, default=0) // RECORD_EVERY + 1)
   for step, grad_norm in recorded.items():
@@ -219,13 +258,19 @@ def _run_minimize(d, compiled, compile_time, key):
       history[step // RECORD_EVERY] = grad_norm / float(initial)
   reason = nag_optax.StopReason(int(sol.reason))
   metric = float(sol.grad_norm) / float(initial)
-  function_evals = sum(int(c) for _, c in
-                       optax.tree_utils.tree_get_all_with_path(sol.state, "function_evals"))
+  function_evals = sum(
+    int(c) for _, c in optax.tree_utils.tree_get_all_with_path(sol.state, "function_evals")
+  )
   steps = int(sol.steps)
   result = loop.RunResult(
-      steps=steps, reached=(reason == nag_optax.StopReason.RTOL) and metric <= TOL,
-      diverged=not math.isfinite(metric), metric=metric, grad_evals=steps,
-      function_evals=function_evals, history=np.asarray(history, dtype=float))
+    steps=steps,
+    reached=(reason == nag_optax.StopReason.RTOL) and metric <= TOL,
+    diverged=not math.isfinite(metric),
+    metric=metric,
+    grad_evals=steps,
+    function_evals=function_evals,
+    history=np.asarray(history, dtype=float),
+  )
   return result, seconds, reason
 
 
@@ -240,10 +285,10 @@ def run(mode: str, progress) -> report.SuiteResult:
     runs = []
 
     progress.set_postfix_str(f"{q.label}: minimize(auto_nag)")
-    result, seconds, reason = _run_minimize(d, compiled, compile_time,
-                                            (MINIMIZE_NAME, q.dataset))
-    minimize_run = methods.method_run(MINIMIZE_NAME, "—", result, seconds, RECORD_EVERY,
-                                      extra=dict(stop_reason=reason.name))
+    result, seconds, reason = _run_minimize(d, compiled, compile_time, (MINIMIZE_NAME, q.dataset))
+    minimize_run = methods.method_run(
+      MINIMIZE_NAME, "—", result, seconds, RECORD_EVERY, extra=dict(stop_reason=reason.name)
+    )
     runs.append(minimize_run)
     if reason != nag_optax.StopReason.RTOL:
       notes.append(f"{q.label}: minimize(auto_nag) stopped with {reason.name}, not RTOL.")
@@ -253,8 +298,18 @@ def run(mode: str, progress) -> report.SuiteResult:
       progress.set_postfix_str(f"{q.label}: {m.name[:28]}")
       # A grid is one lax.map, not a vmap: each learning rate stops at its own target (under
       # vmap every lane would run as long as the slowest, up to the cap).
-      runs.append(methods.run(m, methods.solver(m, _objective), d, RECORD_EVERY, compiled,
-                              compile_time, key=(m.name, q.dataset), lanes="map"))
+      runs.append(
+        methods.run(
+          m,
+          methods.solver(m, _objective),
+          d,
+          RECORD_EVERY,
+          compiled,
+          compile_time,
+          key=(m.name, q.dataset),
+          lanes="map",
+        )
+      )
       progress.update(1)
 
     # nag_optax rows: iterations / optax.lbfgs iterations, in the note column.
@@ -263,27 +318,43 @@ def run(mode: str, progress) -> report.SuiteResult:
       if r.method.startswith("nag_optax") and r.reached and lbfgs.reached:
         r.note = f"{r.steps / lbfgs.steps:.2f}x lbfgs iters"
         r.extra["ratio_to_lbfgs_iterations"] = r.steps / lbfgs.steps
-    results.append(report.ProblemResult(
-        name=q.name, label=q.label, cap=CAP, runs=runs,
-        info=dict(dataset=q.dataset, lam=q.lam, samples=q.features.shape[0],
-                  features_with_bias=q.features.shape[1], classes=q.classes)))
+    results.append(
+      report.ProblemResult(
+        name=q.name,
+        label=q.label,
+        cap=CAP,
+        runs=runs,
+        info=dict(
+          dataset=q.dataset,
+          lam=q.lam,
+          samples=q.features.shape[0],
+          features_with_bias=q.features.shape[1],
+          classes=q.classes,
+        ),
+      )
+    )
 
-  ratio_lines = ["| problem | minimize(auto_nag) | auto_nag gradient-only | optax.lbfgs | "
-                 "ratio (minimize) | ratio (gradient-only) |", "|---|---|---|---|---|---|"]
+  ratio_lines = [
+    "| problem | minimize(auto_nag) | auto_nag gradient-only | optax.lbfgs | "
+    "ratio (minimize) | ratio (gradient-only) |",
+    "|---|---|---|---|---|---|",
+  ]
+  cell = lambda r: f"{r.steps:,}" if r.reached else "-"
+  ratio = lambda r, l: f"{r.steps / l.steps:.2f}" if (r.reached and l.reached) else "-"
   for p in results:
     by = {r.method: r for r in p.runs}
     a, g, l = by[MINIMIZE_NAME], by[METHODS[0].name], by[LBFGS_NAME]
-    cell = lambda r: f"{r.steps:,}" if r.reached else "-"
-    ratio = lambda r: f"{r.steps / l.steps:.2f}" if (r.reached and l.reached) else "-"
-    ratio_lines.append(f"| {p.label} | {cell(a)} | {cell(g)} | {cell(l)} | {ratio(a)} | "
-                       f"{ratio(g)} |")
+    ratio_lines.append(
+      f"| {p.label} | {cell(a)} | {cell(g)} | {cell(l)} | {ratio(a, l)} | {ratio(g, l)} |"
+    )
   ratio_table = "\n".join(ratio_lines)
 
   description = f"""
 f(w) = mean_i logloss(x_i^T w, y_i) + lambda/2 ||w||^2 on scikit-learn `breast_cancer` (binary
 logistic) and `digits` (10-class softmax, weights 65 x 10), features standardised with a bias
-column (regularised too), x0 = 0, float64, lambda {' and '.join(f'{l:g}' for l in
-(LAMBDAS if mode == 'full' else LAMBDAS[:1]))}. Target ||grad f(x_k)|| <= {TOL:g} ||grad f(x_0)||,
+column (regularised too), x0 = 0, float64, lambda {
+    " and ".join(f"{l:g}" for l in (LAMBDAS if mode == "full" else LAMBDAS[:1]))
+  }. Target ||grad f(x_k)|| <= {TOL:g} ||grad f(x_0)||,
 cap {CAP:,} iterations. `{MINIMIZE_NAME}` is `nag_optax.minimize` with the optimizer's own stopping
 signal (a row counts as reached only when it stopped with reason RTOL); its grad evals are its
 steps and its f evals the `function_evals` counters of its state (first-step backtracking).
@@ -304,6 +375,14 @@ f in a line search):
   if mode != "full":
     notes.append("Quick mode: lambda 1e-2 only (full mode adds lambda 1e-4).")
   return report.SuiteResult(
-      name="logistic", title="L2-regularised logistic regression", description=description,
-      metric_label="||grad f(x_k)|| / ||grad f(x_0)||", tol=TOL, mode=mode, problems=results,
-      notes=notes, compile_time_s=compile_time, total_time_s=time.perf_counter() - start)
+    name="logistic",
+    title="L2-regularised logistic regression",
+    description=description,
+    metric_label="||grad f(x_k)|| / ||grad f(x_0)||",
+    tol=TOL,
+    mode=mode,
+    problems=results,
+    notes=notes,
+    compile_time_s=compile_time,
+    total_time_s=time.perf_counter() - start,
+  )

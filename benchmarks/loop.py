@@ -25,6 +25,7 @@ DIVERGED = 1e8
 
 class RunResult(NamedTuple):
   """What one run to a target produced; all fields are arrays (batched under vmap)."""
+
   steps: jax.Array  # iterations taken (updates applied).
   reached: jax.Array  # bool: metric <= tol when the loop stopped.
   diverged: jax.Array  # bool: metric went non-finite or above DIVERGED.
@@ -34,8 +35,15 @@ class RunResult(NamedTuple):
   history: jax.Array  # metric at steps 0, record_every, 2 record_every, ...; NaN after the end.
 
 
-def iterate_to_target(step_fn: Callable[[Any], Any], carry: Any, metric_fn: Callable[[Any], Any],
-                      *, tol, max_steps, record_every) -> tuple[Any, RunResult]:
+def iterate_to_target(
+  step_fn: Callable[[Any], Any],
+  carry: Any,
+  metric_fn: Callable[[Any], Any],
+  *,
+  tol,
+  max_steps,
+  record_every,
+) -> tuple[Any, RunResult]:
   """``carry = step_fn(carry)`` in a ``lax.while_loop`` until ``metric_fn(carry) <= tol``.
 
   Stops also at ``max_steps`` or when the metric diverges. The metric is recorded every
@@ -63,19 +71,35 @@ def iterate_to_target(step_fn: Callable[[Any], Any], carry: Any, metric_fn: Call
     return step, carry, metric, history
 
   step, carry, metric, history = jax.lax.while_loop(
-      cond, body, (jnp.asarray(0, jnp.int32), carry, metric0, history))
+    cond, body, (jnp.asarray(0, jnp.int32), carry, metric0, history)
+  )
   zero = jnp.asarray(0, jnp.int32)
   result = RunResult(
-      steps=step, reached=metric <= tol,
-      diverged=~jnp.isfinite(metric) | (metric > DIVERGED), metric=metric,
-      grad_evals=zero, function_evals=zero, history=history)
+    steps=step,
+    reached=metric <= tol,
+    diverged=~jnp.isfinite(metric) | (metric > DIVERGED),
+    metric=metric,
+    grad_evals=zero,
+    function_evals=zero,
+    history=history,
+  )
   return carry, result
 
 
-def run_to_target(optimizer: optax.GradientTransformation, fun: Callable[[Any], Any], x0: Any,
-                  target_fn: Callable[[Any], Any], max_steps, record_every, *, tol,
-                  uses_value: bool = False, value_from_linesearch: bool = False,
-                  pass_extra_args: bool = True, count_value: bool = True) -> RunResult:
+def run_to_target(
+  optimizer: optax.GradientTransformation,
+  fun: Callable[[Any], Any],
+  x0: Any,
+  target_fn: Callable[[Any], Any],
+  max_steps,
+  record_every,
+  *,
+  tol,
+  uses_value: bool = False,
+  value_from_linesearch: bool = False,
+  pass_extra_args: bool = True,
+  count_value: bool = True,
+) -> RunResult:
   """Runs ``optimizer`` on ``fun`` from ``x0`` until ``target_fn(params) <= tol``.
 
   Each step is exactly an Optax loop with extra arguments::
@@ -119,20 +143,25 @@ def run_to_target(optimizer: optax.GradientTransformation, fun: Callable[[Any], 
     params, state, linesearch_evals = carry
     value, grad = value_and_grad(params, state=state)
     if extra:
-      updates, state = optimizer.update(grad, state, params, value=value, grad=grad,
-                                        value_fn=fun)
+      updates, state = optimizer.update(grad, state, params, value=value, grad=grad, value_fn=fun)
     else:
       updates, state = optimizer.update(grad, state, params)
     params = optax.apply_updates(params, updates)
     if value_from_linesearch:
       linesearch_evals = linesearch_evals + jnp.asarray(
-          optax.tree.get(state, "num_linesearch_steps", 0), jnp.int32)
+        optax.tree.get(state, "num_linesearch_steps", 0), jnp.int32
+      )
     return params, state, linesearch_evals
 
   carry = (x0, optimizer.init(x0), jnp.asarray(0, jnp.int32))
   (_, state, linesearch_evals), result = iterate_to_target(
-      step_fn, carry, lambda c: target_fn(c[0]), tol=tol, max_steps=max_steps,
-      record_every=record_every)
+    step_fn,
+    carry,
+    lambda c: target_fn(c[0]),
+    tol=tol,
+    max_steps=max_steps,
+    record_every=record_every,
+  )
   steps = result.steps
   if value_from_linesearch:
     # The first value_and_grad is a real call; later ones are read from the line search.
@@ -144,8 +173,10 @@ def run_to_target(optimizer: optax.GradientTransformation, fun: Callable[[Any], 
   # Summed over every block that counts its own evaluations (a chain may hold several).
   for _, count in optax.tree_utils.tree_get_all_with_path(state, "function_evals"):
     function_evals = function_evals + jnp.asarray(count, jnp.int32)
-  return result._replace(grad_evals=jnp.asarray(grad_evals, jnp.int32),
-                         function_evals=jnp.asarray(function_evals, jnp.int32))
+  return result._replace(
+    grad_evals=jnp.asarray(grad_evals, jnp.int32),
+    function_evals=jnp.asarray(function_evals, jnp.int32),
+  )
 
 
 def compile_timed(fn: Callable[..., Any], *args) -> tuple[Callable[..., Any], float]:

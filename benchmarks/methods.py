@@ -64,10 +64,19 @@ def solver(method: Method, objective: Callable[[Any], tuple]) -> Callable[[Any, 
   def solve(data, learning_rate):
     fun, metric = objective(data)
     return loop.run_to_target(
-        method.make(data, learning_rate), fun, data["x0"], metric, data["max_steps"],
-        data["record_every"], tol=data["tol"], uses_value=method.uses_value,
-        value_from_linesearch=method.value_from_linesearch,
-        pass_extra_args=method.pass_extra_args, count_value=method.count_value)
+      method.make(data, learning_rate),
+      fun,
+      data["x0"],
+      metric,
+      data["max_steps"],
+      data["record_every"],
+      tol=data["tol"],
+      uses_value=method.uses_value,
+      value_from_linesearch=method.value_from_linesearch,
+      pass_extra_args=method.pass_extra_args,
+      count_value=method.count_value,
+    )
+
   return solve
 
 
@@ -80,15 +89,32 @@ def history(values) -> list:
   return out
 
 
-def method_run(name: str, needs: str, result, seconds: float, every: int, lane=None,
-               note: str = "", extra: Optional[dict] = None) -> report.MethodRun:
+def method_run(
+  name: str,
+  needs: str,
+  result,
+  seconds: float,
+  every: int,
+  lane=None,
+  note: str = "",
+  extra: Optional[dict] = None,
+) -> report.MethodRun:
   """A ``loop.RunResult`` (one ``lane`` of it for a grid) as a ``report.MethodRun``."""
   pick = (lambda x: np.asarray(x)[lane]) if lane is not None else np.asarray
   return report.MethodRun(
-      method=name, needs=needs, steps=int(pick(result.steps)), reached=bool(pick(result.reached)),
-      grad_evals=int(pick(result.grad_evals)), function_evals=int(pick(result.function_evals)),
-      wall_time_s=seconds, final_metric=float(pick(result.metric)),
-      history=history(pick(result.history)), history_every=every, note=note, extra=extra or {})
+    method=name,
+    needs=needs,
+    steps=int(pick(result.steps)),
+    reached=bool(pick(result.reached)),
+    grad_evals=int(pick(result.grad_evals)),
+    function_evals=int(pick(result.function_evals)),
+    wall_time_s=seconds,
+    final_metric=float(pick(result.metric)),
+    history=history(pick(result.history)),
+    history_every=every,
+    note=note,
+    extra=extra or {},
+  )
 
 
 def best_lane(result) -> int:
@@ -103,13 +129,28 @@ def best_lane(result) -> int:
 
 def grid_records(learning_rates, result) -> list:
   """Every lane of a grid run, for the JSON: learning rate, steps, reached, diverged, metric."""
-  return [dict(learning_rate=float(learning_rates[i]), steps=int(result.steps[i]),
-               reached=bool(result.reached[i]), diverged=bool(result.diverged[i]),
-               final_metric=float(result.metric[i])) for i in range(len(learning_rates))]
+  return [
+    dict(
+      learning_rate=float(learning_rates[i]),
+      steps=int(result.steps[i]),
+      reached=bool(result.reached[i]),
+      diverged=bool(result.diverged[i]),
+      final_metric=float(result.metric[i]),
+    )
+    for i in range(len(learning_rates))
+  ]
 
 
-def run(method: Method, solve: Callable[[Any, Any], Any], data, every: int, compiled: dict,
-        compile_time: dict, key: Any = None, lanes: str = "vmap") -> report.MethodRun:
+def run(
+  method: Method,
+  solve: Callable[[Any, Any], Any],
+  data,
+  every: int,
+  compiled: dict,
+  compile_time: dict,
+  key: Any = None,
+  lanes: str = "vmap",
+) -> report.MethodRun:
   """Runs ``solve(data, learning_rate)``, or all of ``method.grid`` in one call, and reports it.
 
   Compiles ahead of time once per ``key`` (default: the method's name) into ``compiled`` and
@@ -132,6 +173,13 @@ def run(method: Method, solve: Callable[[Any, Any], Any], data, every: int, comp
   if method.grid is None:
     return method_run(method.name, method.needs, out, seconds, every)
   lane = best_lane(out)
-  return method_run(method.name, method.needs, out, seconds, every, lane=lane,
-                    note=f"lr {float(learning_rate[lane]):.3g}",
-                    extra=dict(grid=grid_records(learning_rate, out)))
+  return method_run(
+    method.name,
+    method.needs,
+    out,
+    seconds,
+    every,
+    lane=lane,
+    note=f"lr {float(learning_rate[lane]):.3g}",
+    extra=dict(grid=grid_records(learning_rate, out)),
+  )

@@ -40,32 +40,56 @@ def _heavy_ball(p, lr):
   root_l, root_mu = jnp.sqrt(p["lipschitz"]), jnp.sqrt(p["strong_convexity"])
   q = (root_l - root_mu) / (root_l + root_mu)
   # optax.sgd with (non-Nesterov) momentum b is exactly x+ = x - a g + b (x - x-).
-  return optax.sgd(4.0 / (root_l + root_mu) ** 2, momentum=q ** 2)
+  return optax.sgd(4.0 / (root_l + root_mu) ** 2, momentum=q**2)
 
 
 METHODS = (
-    methods.Method("heavy ball, optimal a and b", _heavy_ball, needs="L and mu"),
-    methods.Method("Nesterov, step 1/L, momentum q (nag_optax.nag strongly_convex)",
-           lambda p, lr: nag_optax.nag(1.0 / p["lipschitz"], schedule="strongly_convex",
-                                       condition_number=p["lipschitz"] / p["strong_convexity"]),
-           needs="L and mu"),
-    methods.Method("nag_optax.nag convex schedule + gradient restart, step 1/L",
-           lambda p, lr: nag_optax.nag(1.0 / p["lipschitz"], schedule="convex",
-                                       restart="gradient"), needs="L"),
-    methods.Method("optax.sgd(nesterov=True) 0.9, best of lr grid",
-           lambda p, lr: optax.sgd(lr, 0.9, nesterov=True), needs="tuning", grid=SGD_GRID),
-    methods.Method("optax.adam, best of lr grid", lambda p, lr: optax.adam(lr), needs="tuning",
-           grid=ADAM_GRID),
-    methods.Method("optax.lbfgs()", lambda p, lr: optax.lbfgs(), needs="f values",
-           value_from_linesearch=True),
-    methods.Method("optax.polyak_sgd, f* = 0", lambda p, lr: optax.polyak_sgd(f_min=0.0),
-           needs="f and f*", uses_value=True),
-    methods.Method("optax.contrib.prodigy()", lambda p, lr: optax.contrib.prodigy()),
-    # The stopping signal is switched off (rtol=None): the suite's own target is the distance.
-    methods.Method("nag_optax.auto_nag() (value, value_fn passed)",
-           lambda p, lr: nag_optax.auto_nag(rtol=None), uses_value=True, count_value=False),
-    methods.Method("nag_optax.auto_nag() gradient-only (no extra args)",
-           lambda p, lr: nag_optax.auto_nag(rtol=None), pass_extra_args=False),
+  methods.Method("heavy ball, optimal a and b", _heavy_ball, needs="L and mu"),
+  methods.Method(
+    "Nesterov, step 1/L, momentum q (nag_optax.nag strongly_convex)",
+    lambda p, lr: nag_optax.nag(
+      1.0 / p["lipschitz"],
+      schedule="strongly_convex",
+      condition_number=p["lipschitz"] / p["strong_convexity"],
+    ),
+    needs="L and mu",
+  ),
+  methods.Method(
+    "nag_optax.nag convex schedule + gradient restart, step 1/L",
+    lambda p, lr: nag_optax.nag(1.0 / p["lipschitz"], schedule="convex", restart="gradient"),
+    needs="L",
+  ),
+  methods.Method(
+    "optax.sgd(nesterov=True) 0.9, best of lr grid",
+    lambda p, lr: optax.sgd(lr, 0.9, nesterov=True),
+    needs="tuning",
+    grid=SGD_GRID,
+  ),
+  methods.Method(
+    "optax.adam, best of lr grid", lambda p, lr: optax.adam(lr), needs="tuning", grid=ADAM_GRID
+  ),
+  methods.Method(
+    "optax.lbfgs()", lambda p, lr: optax.lbfgs(), needs="f values", value_from_linesearch=True
+  ),
+  methods.Method(
+    "optax.polyak_sgd, f* = 0",
+    lambda p, lr: optax.polyak_sgd(f_min=0.0),
+    needs="f and f*",
+    uses_value=True,
+  ),
+  methods.Method("optax.contrib.prodigy()", lambda p, lr: optax.contrib.prodigy()),
+  # The stopping signal is switched off (rtol=None): the suite's own target is the distance.
+  methods.Method(
+    "nag_optax.auto_nag() (value, value_fn passed)",
+    lambda p, lr: nag_optax.auto_nag(rtol=None),
+    uses_value=True,
+    count_value=False,
+  ),
+  methods.Method(
+    "nag_optax.auto_nag() gradient-only (no extra args)",
+    lambda p, lr: nag_optax.auto_nag(rtol=None),
+    pass_extra_args=False,
+  ),
 )
 
 CG_NAME = "conjugate gradient (Krylov optimum; quadratics only)"
@@ -73,19 +97,28 @@ CG_NAME = "conjugate gradient (Krylov optimum; quadratics only)"
 
 def problems(mode: str) -> list[quadratics.Quadratic]:
   spacings = ("log", "linear") if mode == "full" else ("log",)
-  return [quadratics.make_quadratic(DIM, kappa, spacing=s, seed=SEED)
-          for s in spacings for kappa in (1e2, 1e4, 1e6)]
+  return [
+    quadratics.make_quadratic(DIM, kappa, spacing=s, seed=SEED)
+    for s in spacings
+    for kappa in (1e2, 1e4, 1e6)
+  ]
 
 
 def _data(q: quadratics.Quadratic) -> dict:
   bound = q.lower_bound_iterations(TOL)
   return dict(
-      matrix=jnp.asarray(q.matrix), x_star=jnp.asarray(q.x_star), x0=jnp.asarray(q.x0),
-      lipschitz=jnp.asarray(q.lipschitz), strong_convexity=jnp.asarray(q.strong_convexity),
-      tol=jnp.asarray(TOL), max_steps=jnp.asarray(CAP, jnp.int32),
-      # The plots show at most PLOT_HORIZON * N_LB iterations; record just enough to fill them.
-      record_every=jnp.asarray(
-          max(1, math.ceil(min(CAP, PLOT_HORIZON * bound) / loop.HISTORY_SIZE)), jnp.int32))
+    matrix=jnp.asarray(q.matrix),
+    x_star=jnp.asarray(q.x_star),
+    x0=jnp.asarray(q.x0),
+    lipschitz=jnp.asarray(q.lipschitz),
+    strong_convexity=jnp.asarray(q.strong_convexity),
+    tol=jnp.asarray(TOL),
+    max_steps=jnp.asarray(CAP, jnp.int32),
+    # The plots show at most PLOT_HORIZON * N_LB iterations; record just enough to fill them.
+    record_every=jnp.asarray(
+      max(1, math.ceil(min(CAP, PLOT_HORIZON * bound) / loop.HISTORY_SIZE)), jnp.int32
+    ),
+  )
 
 
 def _objective(p):
@@ -114,8 +147,14 @@ def conjugate_gradient(p) -> loop.RunResult:
     return x, r, r + (rr_next / rr) * direction, rr_next
 
   carry = (p["x0"], residual, residual, jnp.dot(residual, residual))
-  _, result = loop.iterate_to_target(step, carry, lambda c: distance(c[0]), tol=p["tol"],
-                                     max_steps=p["max_steps"], record_every=p["record_every"])
+  _, result = loop.iterate_to_target(
+    step,
+    carry,
+    lambda c: distance(c[0]),
+    tol=p["tol"],
+    max_steps=p["max_steps"],
+    record_every=p["record_every"],
+  )
   products = result.steps + 1
   return result._replace(grad_evals=products, function_evals=jnp.zeros_like(products))
 
@@ -144,20 +183,35 @@ def run(mode: str, progress) -> report.SuiteResult:
     for m in ms:
       progress.set_postfix_str(f"{q.name}: {m.name[:28]}")
       # A grid is one vmapped call: on these problems every lane runs about as long.
-      runs.append(methods.run(m, methods.solver(m, _objective), p, every, compiled,
-                                  compile_time, lanes="vmap"))
+      runs.append(
+        methods.run(
+          m, methods.solver(m, _objective), p, every, compiled, compile_time, lanes="vmap"
+        )
+      )
       progress.update(1)
-    results.append(report.ProblemResult(
-        name=q.name, label=f"{q.name.split()[0]}, kappa 1e{round(math.log10(q.condition_number))}",
+    results.append(
+      report.ProblemResult(
+        name=q.name,
+        label=f"{q.name.split()[0]}, kappa 1e{round(math.log10(q.condition_number))}",
         cap=CAP,
-        runs=runs, bound=bound, bound_rate=q.q,
-        info=dict(dim=q.dim, condition_number=q.condition_number, lipschitz=q.lipschitz,
-                  strong_convexity=q.strong_convexity, q=q.q, seed=SEED)))
+        runs=runs,
+        bound=bound,
+        bound_rate=q.q,
+        info=dict(
+          dim=q.dim,
+          condition_number=q.condition_number,
+          lipschitz=q.lipschitz,
+          strong_convexity=q.strong_convexity,
+          q=q.q,
+          seed=SEED,
+        ),
+      )
+    )
 
   description = f"""
 f(x) = 1/2 (x - x*)^T A (x - x*), A = Q diag(lambda) Q^T with Q a Haar-random rotation
 (`problems.quadratics.make_quadratic`, seed {SEED}), n = {DIM}, lambda from 1 to kappa
-({'log- and linearly spaced' if mode == 'full' else 'log-spaced'}), x* ~ N(0, I), x0 = 0, float64.
+({"log- and linearly spaced" if mode == "full" else "log-spaced"}), x* ~ N(0, I), x0 = 0, float64.
 Cap {CAP:,} iterations. N_LB = ceil(ln(1/eps) / ln(1/q)), q = (sqrt(kappa)-1)/(sqrt(kappa)+1).
 Gradient evaluations count matrix-vector products for CG and line-search calls for L-BFGS;
 wall time excludes compilation and, for a learning-rate grid, covers the whole (vmapped) grid.
@@ -167,6 +221,14 @@ sgd-nesterov lr grid {SGD_GRID}; adam lr grid {ADAM_GRID}.
   if mode != "full":
     notes.append("Quick mode: log spectrum only (full mode adds the linear spectrum).")
   return report.SuiteResult(
-      name="quadratic", title="Quadratics, n = 300", description=description,
-      metric_label="||x_k - x*|| / ||x_0 - x*||", tol=TOL, mode=mode, problems=results,
-      notes=notes, compile_time_s=compile_time, total_time_s=time.perf_counter() - start)
+    name="quadratic",
+    title="Quadratics, n = 300",
+    description=description,
+    metric_label="||x_k - x*|| / ||x_0 - x*||",
+    tol=TOL,
+    mode=mode,
+    problems=results,
+    notes=notes,
+    compile_time_s=compile_time,
+    total_time_s=time.perf_counter() - start,
+  )

@@ -21,6 +21,7 @@ class MethodRun:
   not measure them (``step_cost`` times one step: its numbers are in ``extra``); the generic
   tables print them as "-".
   """
+
   method: str
   needs: str = "—"  # what a user must know or supply
   steps: Optional[int] = None  # iterations run (the cap when the target was not reached)
@@ -42,6 +43,7 @@ class MethodRun:
 @dataclasses.dataclass
 class ProblemResult:
   """All methods on one problem."""
+
   name: str
   label: str  # short column header, e.g. "kappa 1e4"
   cap: int
@@ -54,6 +56,7 @@ class ProblemResult:
 @dataclasses.dataclass
 class SuiteResult:
   """A suite's whole output."""
+
   name: str
   title: str
   description: str  # markdown: the problem, the target, what the columns mean
@@ -93,8 +96,9 @@ def summary_table(suite: SuiteResult) -> str:
   header = "| method | needs | " + " | ".join(p.label for p in problems) + " |"
   lines = [header, "|" + "---|" * (len(problems) + 2)]
   if any(p.bound for p in problems):
-    lines.append("| first-order lower bound N_LB | — | " +
-                 " | ".join(_count(p.bound) for p in problems) + " |")
+    lines.append(
+      "| first-order lower bound N_LB | — | " + " | ".join(_count(p.bound) for p in problems) + " |"
+    )
   methods = list(dict.fromkeys(r.method for p in problems for r in p.runs))
   for method in methods:
     cells, needs = [], ""
@@ -114,31 +118,43 @@ def summary_table(suite: SuiteResult) -> str:
 
 def detail_table(problem: ProblemResult) -> str:
   lines = [
-      "| method | iterations | / N_LB | grad evals | f evals | wall s | final metric | note |",
-      "|---|---|---|---|---|---|---|---|",
+    "| method | iterations | / N_LB | grad evals | f evals | wall s | final metric | note |",
+    "|---|---|---|---|---|---|---|---|",
   ]
   for r in problem.runs:
     ratio = f"{r.steps / problem.bound:.2f}" if (r.reached and problem.bound) else "-"
     lines.append(
-        f"| {r.method} | {_count(r.iterations)} | {ratio} | {_count(r.grad_evals)} | "
-        f"{_count(r.function_evals)} | {_number(r.wall_time_s, '.3f')} | "
-        f"{_number(r.final_metric, '.2e')} | {r.note} |")
+      f"| {r.method} | {_count(r.iterations)} | {ratio} | {_count(r.grad_evals)} | "
+      f"{_count(r.function_evals)} | {_number(r.wall_time_s, '.3f')} | "
+      f"{_number(r.final_metric, '.2e')} | {r.note} |"
+    )
   return "\n".join(lines)
 
 
 def markdown(suite: SuiteResult, heading_level: int = 2) -> str:
   h = "#" * heading_level
-  parts = [f"{h} {suite.title}", "", suite.description.strip(), "",
-           f"Iterations until {suite.metric_label} <= {suite.tol:g} "
-           "(\"-\": not reached within the cap; (Nx) = iterations / N_LB).", "",
-           summary_table(suite), ""]
+  parts = [
+    f"{h} {suite.title}",
+    "",
+    suite.description.strip(),
+    "",
+    f"Iterations until {suite.metric_label} <= {suite.tol:g} "
+    '("-": not reached within the cap; (Nx) = iterations / N_LB).',
+    "",
+    summary_table(suite),
+    "",
+  ]
   for note in suite.notes:
     parts.append(f"- {note}")
   if suite.notes:
     parts.append("")
   for p in suite.problems:
-    parts += [f"{h}# {p.name} (cap {p.cap:,}"
-              + (f", N_LB {p.bound:,}" if p.bound else "") + ")", "", detail_table(p), ""]
+    parts += [
+      f"{h}# {p.name} (cap {p.cap:,}" + (f", N_LB {p.bound:,}" if p.bound else "") + ")",
+      "",
+      detail_table(p),
+      "",
+    ]
   return "\n".join(parts + [footer(suite)]) + "\n"
 
 
@@ -146,12 +162,14 @@ def footer(suite: SuiteResult) -> str:
   """Compile time per method, the mode and the suite's wall time."""
   parts = []
   if suite.compile_time_s:
-    parts.append("Compile time per method (s, once per suite; every problem of one shape "
-                 "reuses it): " + ", ".join(f"{k} {v:.1f}" for k, v in
-                                            suite.compile_time_s.items()) + ".")
+    parts.append(
+      "Compile time per method (s, once per suite; every problem of one shape "
+      "reuses it): " + ", ".join(f"{k} {v:.1f}" for k, v in suite.compile_time_s.items()) + "."
+    )
     parts.append("")
-  parts.append(f"Mode `{suite.mode}`, suite wall time {suite.total_time_s:.0f} s "
-               "(compilation included).")
+  parts.append(
+    f"Mode `{suite.mode}`, suite wall time {suite.total_time_s:.0f} s (compilation included)."
+  )
   return "\n".join(parts)
 
 
@@ -205,11 +223,10 @@ def plot(suite: SuiteResult, path: str) -> None:
         values = np.append(values[keep], r.final_metric)
       else:
         steps, values = steps[keep], values[keep]
-      ax.semilogy(steps, np.maximum(values, 1e-300), label=r.method, color=colors[r.method],
-                  lw=1.2)
+      ax.semilogy(steps, np.maximum(values, 1e-300), label=r.method, color=colors[r.method], lw=1.2)
     if p.bound_rate:
       k = np.linspace(0, xmax, 200)
-      ax.semilogy(k, p.bound_rate ** k, "k--", lw=1, label="lower bound q^k")
+      ax.semilogy(k, p.bound_rate**k, "k--", lw=1, label="lower bound q^k")
     ax.axhline(suite.tol, color="gray", lw=0.8, ls=":")
     ax.set_xlim(0, xmax)
     ax.set_ylim(max(suite.tol * 1e-2, 1e-16), 1e3)
@@ -219,8 +236,9 @@ def plot(suite: SuiteResult, path: str) -> None:
   for ax in list(axes.flat)[n:]:
     ax.axis("off")
   handles, labels = axes.flat[0].get_legend_handles_labels()
-  fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=7,
-             frameon=False)
+  fig.legend(
+    handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=7, frameon=False
+  )
   fig.tight_layout(rect=(0, 0.04 + 0.025 * math.ceil(len(labels) / 4), 1, 1))
   fig.savefig(path, dpi=110)
   plt.close(fig)

@@ -15,10 +15,10 @@ import jax
 # Suites: name -> module with ``run(mode, progress) -> report.SuiteResult``. To add a suite,
 # write its module and add one line here.
 SUITES = {
-    "quadratic": "benchmarks.quadratic",
-    "logistic": "benchmarks.logistic",
-    "step_cost": "benchmarks.step_cost",
-    "workloads": "benchmarks.workloads",
+  "quadratic": "benchmarks.quadratic",
+  "logistic": "benchmarks.logistic",
+  "step_cost": "benchmarks.step_cost",
+  "workloads": "benchmarks.workloads",
 }
 
 RESULTS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
@@ -38,23 +38,39 @@ def _cpu_name() -> str:
 
 def environment() -> str:
   import optax  # pylint: disable=g-import-not-at-top
-  return (f"{_cpu_name()}, {os.cpu_count()} CPU cores, {jax.default_backend()} backend; "
-          f"python {platform.python_version()}, jax {jax.__version__}, "
-          f"optax {optax.__version__}, float64 enabled")
+
+  return (
+    f"{_cpu_name()}, {os.cpu_count()} CPU cores, {jax.default_backend()} backend; "
+    f"python {platform.python_version()}, jax {jax.__version__}, "
+    f"optax {optax.__version__}, float64 enabled"
+  )
 
 
 def parse_args(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
   mode = parser.add_mutually_exclusive_group()
-  mode.add_argument("--quick", dest="mode", action="store_const", const="quick",
-                    help="the default: a subset that finishes in under 5 minutes on 2 CPU cores")
-  mode.add_argument("--smoke", dest="mode", action="store_const", const="smoke", help=argparse.SUPPRESS)
-  mode.add_argument("--full", dest="mode", action="store_const", const="full",
-                    help="every problem (about 30 minutes); also rewrites benchmarks/RESULTS.md")
+  mode.add_argument(
+    "--quick",
+    dest="mode",
+    action="store_const",
+    const="quick",
+    help="the default: a subset that finishes in under 5 minutes on 2 CPU cores",
+  )
+  mode.add_argument(
+    "--smoke", dest="mode", action="store_const", const="smoke", help=argparse.SUPPRESS
+  )
+  mode.add_argument(
+    "--full",
+    dest="mode",
+    action="store_const",
+    const="full",
+    help="every problem (about 30 minutes); also rewrites benchmarks/RESULTS.md",
+  )
   parser.set_defaults(mode="quick")
   parser.add_argument("--out", default="bench_out", help="output folder (default bench_out/)")
-  parser.add_argument("--suites", default=",".join(SUITES),
-                      help=f"comma-separated suites, from: {', '.join(SUITES)}")
+  parser.add_argument(
+    "--suites", default=",".join(SUITES), help=f"comma-separated suites, from: {', '.join(SUITES)}"
+  )
   args = parser.parse_args(argv)
   args.suites = [s.strip() for s in args.suites.split(",") if s.strip()]
   unknown = [s for s in args.suites if s not in SUITES]
@@ -75,9 +91,11 @@ the others. Do not edit by hand: change the suites in `benchmarks/` and regenera
 
 def section(name: str, text: str, env: str, seconds: float) -> str:
   """One suite's delimited RESULTS.md section: its markdown, plot link, date and wall time."""
-  return (f"<!-- suite:{name} -->\n{text.rstrip()}\n\n![{name}](plots/{name}.png)\n\n"
-          f"_Suite `{name}`: {datetime.date.today().isoformat()}, {seconds / 60:.1f} min "
-          f"(jit compilation included); {env}._\n<!-- /suite:{name} -->\n")
+  return (
+    f"<!-- suite:{name} -->\n{text.rstrip()}\n\n![{name}](plots/{name}.png)\n\n"
+    f"_Suite `{name}`: {datetime.date.today().isoformat()}, {seconds / 60:.1f} min "
+    f"(jit compilation included); {env}._\n<!-- /suite:{name} -->\n"
+  )
 
 
 def split_sections(text: str) -> dict:
@@ -129,14 +147,21 @@ def main(argv=None) -> None:
   print(f"\n{env}")
   for text in texts:
     print("\n" + text)
-  print(f"Total wall time {seconds:.1f} s. Wrote {', '.join(args.suites)} .md/.json/.png "
-        f"to {args.out}/.")
+  print(
+    f"Total wall time {seconds:.1f} s. Wrote {', '.join(args.suites)} .md/.json/.png "
+    f"to {args.out}/."
+  )
   if args.mode == "full":
     os.makedirs(PLOTS_DIR, exist_ok=True)
     for name in args.suites:
       shutil.copyfile(os.path.join(args.out, f"{name}.png"), os.path.join(PLOTS_DIR, f"{name}.png"))
-    write_results({name: section(name, text, env, seconds_per_suite[name])
-                   for name, text in zip(args.suites, texts)}, list(SUITES))
+    write_results(
+      {
+        name: section(name, text, env, seconds_per_suite[name])
+        for name, text in zip(args.suites, texts)
+      },
+      list(SUITES),
+    )
     print(f"Rewrote {RESULTS_PATH} and {PLOTS_DIR}/.")
 
 

@@ -51,7 +51,9 @@ METHODS = (
   methods.Method("optax.contrib.prodigy()", optax.contrib.prodigy),
   methods.Method("optax.contrib.schedule_free_adamw()", optax.contrib.schedule_free_adamw),
   methods.Method("nag_optax.nag(0.1)", lambda: nag_optax.nag(0.1)),
-  methods.Method("nag_optax.auto_nag() with value, grad, value_fn", nag_optax.auto_nag, uses_value=True),
+  methods.Method(
+    "nag_optax.auto_nag() with value, grad, value_fn", nag_optax.auto_nag, uses_value=True
+  ),
   methods.Method("nag_optax.auto_nag() gradient-only", nag_optax.auto_nag),
   methods.Method("nag_optax.auto_nag_sgd() with value", nag_optax.auto_nag_sgd, uses_value=True),
   methods.Method("nag_optax.auto_nadamw() with value", nag_optax.auto_nadamw, uses_value=True),
@@ -61,9 +63,10 @@ METHODS = (
 
 def make_params(key=0) -> dict:
   keys = jax.random.split(jax.random.PRNGKey(key), len(LAYERS))
-  return {f"dense{i}": dict(w=0.01 * jax.random.normal(k, shape, DTYPE),
-                            b=jnp.zeros((shape[1],), DTYPE))
-          for i, (k, shape) in enumerate(zip(keys, LAYERS))}
+  return {
+    f"dense{i}": dict(w=0.01 * jax.random.normal(k, shape, DTYPE), b=jnp.zeros((shape[1],), DTYPE))
+    for i, (k, shape) in enumerate(zip(keys, LAYERS))
+  }
 
 
 def loss(params):
@@ -86,8 +89,7 @@ def state_buffers(optimizer, params) -> float:
 def _step_fn(method: methods.Method, optimizer, donate_argnums: tuple = ()):
   def step(params, state, grad, value):
     if method.uses_value:
-      updates, state = optimizer.update(grad, state, params, value=value, grad=grad,
-                                        value_fn=loss)
+      updates, state = optimizer.update(grad, state, params, value=value, grad=grad, value_fn=loss)
     else:
       updates, state = optimizer.update(grad, state, params)
     return optax.apply_updates(params, updates), state
@@ -183,8 +185,11 @@ def time_methods(rows, reps: int) -> dict:
       live[m.name] = [compiled, params, state]
   for m in rows:
     r = measured[m.name]
-    r.update(best_s=min(r["times_s"]), median_s=float(np.median(r["times_s"])),
-             finite=all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(live[m.name][1])))
+    r.update(
+      best_s=min(r["times_s"]),
+      median_s=float(np.median(r["times_s"])),
+      finite=all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(live[m.name][1])),
+    )
   return measured
 
 
@@ -250,7 +255,7 @@ def run(mode: str, progress) -> report.SuiteResult:
   x64 = ", float64 enabled by the runner" if jax.config.jax_enable_x64 else ""
   description = f"""
 {n:,} float32 parameters in {len(jax.tree.leaves(params))} leaves (dense layers
-{' and '.join(f'{a} x {b}' for a, b in LAYERS)} with biases). One jitted
+{" and ".join(f"{a} x {b}" for a, b in LAYERS)} with biases). One jitted
 `update` + `apply_updates` step (nothing donated), gradient and value given;
 best of {reps} repetitions after {WARMUP} warm-up steps, each to `block_until_ready`, the
 optimizers taking turns (one step of each per round) (wall time, this machine's
@@ -272,15 +277,26 @@ parameter-sized buffers.
   if mode != "full":
     notes.append(f"Quick mode: {reps} repetitions (full mode {REPS['full']}).")
   problem = report.ProblemResult(
-      name=f"one step, {n / 1e6:.1f}M float32 parameters", label=f"{n / 1e6:.1f}M params",
-      cap=reps, runs=runs, info=dict(parameters=n, layers=LAYERS, reps=reps, warmup=WARMUP))
+    name=f"one step, {n / 1e6:.1f}M float32 parameters",
+    label=f"{n / 1e6:.1f}M params",
+    cap=reps,
+    runs=runs,
+    info=dict(parameters=n, layers=LAYERS, reps=reps, warmup=WARMUP),
+  )
   return report.SuiteResult(
-      name="step_cost", title=f"Step cost, {n / 1e6:.1f}M parameters",
-      description=description, metric_label="step time / sgd-nesterov step time",
-      tol=GOAL_RATIO, mode=mode, problems=[problem], notes=notes,
-      compile_time_s={m.name: measured[m.name]["compile_s"] for m in METHODS},
-      total_time_s=time.perf_counter() - start, render_markdown=render_markdown,
-      render_plot=render_plot)
+    name="step_cost",
+    title=f"Step cost, {n / 1e6:.1f}M parameters",
+    description=description,
+    metric_label="step time / sgd-nesterov step time",
+    tol=GOAL_RATIO,
+    mode=mode,
+    problems=[problem],
+    notes=notes,
+    compile_time_s={m.name: measured[m.name]["compile_s"] for m in METHODS},
+    total_time_s=time.perf_counter() - start,
+    render_markdown=render_markdown,
+    render_plot=render_plot,
+  )
 
 
 def render_markdown(suite: report.SuiteResult) -> str:
@@ -306,10 +322,20 @@ def render_plot(suite: report.SuiteResult, path: str) -> None:
   left.set_xlabel(suite.metric_label, fontsize=8)
   left.set_yticks(y, names, fontsize=7)
   left.invert_yaxis()
-  right.barh(y - 0.2, [r.extra["bytes_accessed_ratio"] for r in runs], height=0.4,
-             color="tab:orange", label="as timed")
-  right.barh(y + 0.2, [r.extra["donated_bytes_accessed_ratio"] for r in runs], height=0.4,
-             color="tab:green", label="params and state donated")
+  right.barh(
+    y - 0.2,
+    [r.extra["bytes_accessed_ratio"] for r in runs],
+    height=0.4,
+    color="tab:orange",
+    label="as timed",
+  )
+  right.barh(
+    y + 0.2,
+    [r.extra["donated_bytes_accessed_ratio"] for r in runs],
+    height=0.4,
+    color="tab:green",
+    label="params and state donated",
+  )
   right.set_xscale("log")
   right.set_xlabel("bytes accessed / parameter bytes (XLA cost model)", fontsize=8)
   right.legend(fontsize=7, frameon=False)

@@ -33,12 +33,14 @@ def load_digits_splits():
   """digits, pixels / 16, shape (n, 8, 8, 1): 60/20/20 stratified, ``random_state=1``."""
   from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
   from sklearn.model_selection import train_test_split  # pylint: disable=g-import-not-at-top
+
   data = load_digits()
   x = (data.images / 16.0).astype(np.float32)[..., None]
   y = data.target.astype(np.int32)
   x_tr, x_rest, y_tr, y_rest = train_test_split(x, y, test_size=0.4, stratify=y, random_state=1)
-  x_va, x_te, y_va, y_te = train_test_split(x_rest, y_rest, test_size=0.5, stratify=y_rest,
-                                            random_state=1)
+  x_va, x_te, y_va, y_te = train_test_split(
+    x_rest, y_rest, test_size=0.5, stratify=y_rest, random_state=1
+  )
   return dict(train=(x_tr, y_tr), validation=(x_va, y_va), test=(x_te, y_te))
 
 
@@ -54,6 +56,7 @@ def load_mnist1d_splits(num_samples: int = MNIST1D_SAMPLES):
   into train and test; the last ``MNIST1D_VALIDATION`` of its train part are the validation split.
   """
   from mnist1d.data import get_dataset_args, make_dataset  # pylint: disable=g-import-not-at-top
+
   args = get_dataset_args()
   args.num_samples = num_samples
   state = np.random.get_state()  # make_dataset seeds NumPy's global generator
@@ -113,15 +116,16 @@ def load_corpus_splits(num_chars: int = CORPUS_CHARS):
   arr = np.frombuffer(corpus, np.uint8).astype(np.int32)
   n = len(arr)
   a, b = int(0.9 * n), int(0.95 * n)
-  info = dict(chars=n, sha256=sha, files=files, pinned_sha256=CORPUS_SHA256,
-              sha_matches=sha == CORPUS_SHA256)
+  info = dict(
+    chars=n, sha256=sha, files=files, pinned_sha256=CORPUS_SHA256, sha_matches=sha == CORPUS_SHA256
+  )
   return dict(train=arr[:a], validation=arr[a:b], test=arr[b:]), info
 
 
 def windows(arr: np.ndarray, count: int, context: int = CONTEXT) -> np.ndarray:
   """``count`` evenly spaced windows of context + 1 bytes (input and shifted target)."""
   starts = np.linspace(0, len(arr) - context - 2, count).astype(np.int64)
-  return np.stack([arr[s:s + context + 1] for s in starts])
+  return np.stack([arr[s : s + context + 1] for s in starts])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,8 +159,9 @@ class Conv3x3(nnx.Module):
   def __call__(self, x):
     n, h, w, c = x.shape
     xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    patches = jnp.concatenate([xp[:, i:i + h, j:j + w, :] for i in range(3) for j in range(3)],
-                              axis=-1)
+    patches = jnp.concatenate(
+      [xp[:, i : i + h, j : j + w, :] for i in range(3) for j in range(3)], axis=-1
+    )
     return patches @ self.kernel[...].reshape(9 * c, -1) + self.bias[...]
 
 
@@ -188,7 +193,7 @@ class Conv1D(nnx.Module):
     n, length, c = x.shape
     half = self.width // 2
     xp = jnp.pad(x, ((0, 0), (half, half), (0, 0)))
-    patches = jnp.concatenate([xp[:, i:i + length, :] for i in range(self.width)], axis=-1)
+    patches = jnp.concatenate([xp[:, i : i + length, :] for i in range(self.width)], axis=-1)
     return patches @ self.kernel[...].reshape(self.width * c, -1) + self.bias[...]
 
 
@@ -232,8 +237,11 @@ class ResNet1D(nnx.Module):
 
   def __init__(self, rngs: nnx.Rngs, channels: int = 24, blocks: int = 4):
     self.stem = Conv1D(1, channels, 5, rngs=rngs)
-    self.blocks = nnx.List([ResBlock1D(channels, rngs=rngs) for _ in range(blocks)]) if hasattr(
-        nnx, "List") else [ResBlock1D(channels, rngs=rngs) for _ in range(blocks)]
+    self.blocks = (
+      nnx.List([ResBlock1D(channels, rngs=rngs) for _ in range(blocks)])
+      if hasattr(nnx, "List")
+      else [ResBlock1D(channels, rngs=rngs) for _ in range(blocks)]
+    )
     self.norm = nnx.LayerNorm(channels, rngs=rngs)
     self.out = nnx.Linear(channels, 10, rngs=rngs)
 
@@ -281,8 +289,15 @@ class TransformerBlock(nnx.Module):
 class CharTransformer(nnx.Module):
   """Byte-level causal transformer LM: embedding + learned positions, pre-norm blocks, head."""
 
-  def __init__(self, rngs: nnx.Rngs, width: int = 64, heads: int = 4, layers: int = 2,
-               context: int = CONTEXT, vocab: int = 256):
+  def __init__(
+    self,
+    rngs: nnx.Rngs,
+    width: int = 64,
+    heads: int = 4,
+    layers: int = 2,
+    context: int = CONTEXT,
+    vocab: int = 256,
+  ):
     self.embed = nnx.Embed(vocab, width, rngs=rngs)
     self.position = nnx.Param(0.02 * jax.random.normal(rngs.params(), (context, width)))
     blocks = [TransformerBlock(width, heads, rngs=rngs) for _ in range(layers)]
@@ -305,6 +320,7 @@ class CharTransformer(nnx.Module):
 @dataclasses.dataclass
 class Workload:
   """One model on one data set, with its batches and its evaluation."""
+
   name: str
   label: str
   model: Callable[[nnx.Rngs], nnx.Module]
@@ -329,9 +345,10 @@ class Workload:
       return rng.randint(0, self.n_train, size=(steps, self.batch)).astype(np.int32)
     per_epoch = self.n_train // self.batch
     epochs = -(-steps // per_epoch)
-    idx = np.concatenate([rng.permutation(self.n_train)[:per_epoch * self.batch]
-                          for _ in range(epochs)])
-    return idx[:steps * self.batch].reshape(steps, self.batch).astype(np.int32)
+    idx = np.concatenate(
+      [rng.permutation(self.n_train)[: per_epoch * self.batch] for _ in range(epochs)]
+    )
+    return idx[: steps * self.batch].reshape(steps, self.batch).astype(np.int32)
 
   def init_params(self, seed: int):
     """(graphdef, params) of a freshly initialised model."""
@@ -356,23 +373,37 @@ def digits_cnn() -> Workload:
 
 
 def mnist1d_cnn() -> Workload:
-  return Workload("mnist1d_cnn", "MNIST-1D CNN", CNN1D, load_mnist1d_splits(), 64, "accuracy",
-                  True)
+  return Workload("mnist1d_cnn", "MNIST-1D CNN", CNN1D, load_mnist1d_splits(), 64, "accuracy", True)
 
 
 def mnist1d_resnet() -> Workload:
-  return Workload("mnist1d_resnet", "MNIST-1D ResNet+LN", ResNet1D, load_mnist1d_splits(), 64,
-                  "accuracy", True)
+  return Workload(
+    "mnist1d_resnet", "MNIST-1D ResNet+LN", ResNet1D, load_mnist1d_splits(), 64, "accuracy", True
+  )
 
 
 def stdlib_lm() -> Workload:
   splits, info = load_corpus_splits()
-  return Workload("stdlib_lm", "stdlib char LM", CharTransformer, splits, 8,
-                  "bits per character", False, language_model=True, info=info)
+  return Workload(
+    "stdlib_lm",
+    "stdlib char LM",
+    CharTransformer,
+    splits,
+    8,
+    "bits per character",
+    False,
+    language_model=True,
+    info=info,
+  )
 
 
-WORKLOADS = {"digits_mlp": digits_mlp, "digits_cnn": digits_cnn, "mnist1d_cnn": mnist1d_cnn,
-             "mnist1d_resnet": mnist1d_resnet, "stdlib_lm": stdlib_lm}
+WORKLOADS = {
+  "digits_mlp": digits_mlp,
+  "digits_cnn": digits_cnn,
+  "mnist1d_cnn": mnist1d_cnn,
+  "mnist1d_resnet": mnist1d_resnet,
+  "stdlib_lm": stdlib_lm,
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -381,14 +412,25 @@ WORKLOADS = {"digits_mlp": digits_mlp, "digits_cnn": digits_cnn, "mnist1d_cnn": 
 
 def learning_rate_of(state) -> jax.Array:
   """The first ``learning_rate`` leaf of an optimizer state (NaN if there is none)."""
-  leaves = [v for _, v in optax.tree.get_all_with_path(
-      state, "learning_rate", filtering=lambda _, v: isinstance(v, jax.Array))]
+  leaves = [
+    v
+    for _, v in optax.tree.get_all_with_path(
+      state, "learning_rate", filtering=lambda _, v: isinstance(v, jax.Array)
+    )
+  ]
   return jnp.ravel(leaves[0])[0].astype(jnp.float32) if leaves else jnp.float32(jnp.nan)
 
 
-def make_trainer(wl: Workload, make_optimizer: Callable[..., optax.GradientTransformation],
-                 blocks: int, eval_every: int, *, eval_params: Optional[Callable] = None,
-                 record_stop: bool = False, pass_validation_loss: bool = False):
+def make_trainer(
+  wl: Workload,
+  make_optimizer: Callable[..., optax.GradientTransformation],
+  blocks: int,
+  eval_every: int,
+  *,
+  eval_params: Optional[Callable] = None,
+  record_stop: bool = False,
+  pass_validation_loss: bool = False,
+):
   """A ``train(params, batch_indices, *hyper) -> dict`` for one optimizer factory (not jitted).
 
   ``make_optimizer(*hyper)`` builds the optimizer from traced hyperparameters (a grid is a
@@ -455,10 +497,15 @@ def make_trainer(wl: Workload, make_optimizer: Callable[..., optax.GradientTrans
       carry = (params, state, val_loss, stop, t)
       return carry, (metric, val_loss, jnp.mean(values), learning_rate_of(state))
 
-    batches = batches[:blocks * eval_every].reshape(blocks, eval_every, -1)
+    batches = batches[: blocks * eval_every].reshape(blocks, eval_every, -1)
     carry0 = (params, state, val_loss0, jnp.int32(-1), jnp.int32(0))
     carry, (metric, val_loss, train_loss, lr) = jax.lax.scan(block, carry0, batches)
-    return {"metric": metric, "val_loss": val_loss, "train_loss": train_loss, "lr": lr,
-            "stop": carry[3]}
+    return {
+      "metric": metric,
+      "val_loss": val_loss,
+      "train_loss": train_loss,
+      "lr": lr,
+      "stop": carry[3],
+    }
 
   return run_one

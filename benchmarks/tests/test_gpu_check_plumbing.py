@@ -15,8 +15,10 @@ def test_relative_difference_is_normwise_over_the_tree():
   assert gpu_check.relative_difference(reference, reference) == 0.0
   off = {"a": np.array([3.0, 3e-4]), "b": np.array([4.0 + 4e-4])}  # difference norm 5e-4
   assert gpu_check.relative_difference(off, reference) == pytest.approx(1e-4)
-  assert gpu_check.relative_difference({"a": np.array([np.nan, 0.0]), "b": np.array([4.0])},
-                                       reference) == math.inf
+  assert (
+    gpu_check.relative_difference({"a": np.array([np.nan, 0.0]), "b": np.array([4.0])}, reference)
+    == math.inf
+  )
   assert gpu_check.relative_difference(np.zeros(2), np.zeros(2)) == 0.0
 
 

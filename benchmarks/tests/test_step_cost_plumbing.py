@@ -46,12 +46,13 @@ def test_sgd_nesterov_bytes_ratio_is_one_fused_pass_or_two():
 
 def test_adam_reads_and_writes_more_than_sgd():
   # Adam's second moment is one more state buffer: one more read and one more write at least.
-  assert _traffic(methods.Method("adam", lambda: optax.adam(1e-3)))[0]["bytes_ratio"] >= \
-      _traffic(SGD)[0]["bytes_ratio"] + 2.0 - 1e-6
+  assert (
+    _traffic(methods.Method("adam", lambda: optax.adam(1e-3)))[0]["bytes_ratio"]
+    >= _traffic(SGD)[0]["bytes_ratio"] + 2.0 - 1e-6
+  )
 
 
 class _FakeCompiled:
-
   def __init__(self, costs, text):
     self._costs, self._text = costs, text
 

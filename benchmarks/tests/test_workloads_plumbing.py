@@ -3,7 +3,6 @@ lower-bound rule, and a ~10-step training smoke run. Runs in seconds."""
 
 import hashlib
 import math
-import os
 
 import numpy as np
 import pytest
@@ -17,8 +16,8 @@ def test_target_is_median_best_of_best_baseline():
   # Accuracy (higher is better): per-seed bests of A are 0.9, 0.95, 0.8 -> median 0.9;
   # B's are 0.92, 0.91, 0.5 -> median 0.91; B sets the target.
   baselines = {
-      "A": [[0.5, 0.9, 0.85], [0.6, 0.95, 0.7], [0.8, 0.7, 0.75]],
-      "B": [[0.92, 0.9, 0.9], [0.91, 0.2, 0.3], [0.5, 0.4, 0.45]],
+    "A": [[0.5, 0.9, 0.85], [0.6, 0.95, 0.7], [0.8, 0.7, 0.75]],
+    "B": [[0.92, 0.9, 0.9], [0.91, 0.2, 0.3], [0.5, 0.4, 0.45]],
   }
   value, name = algoperf.target(baselines, higher_is_better=True)
   assert (value, name) == (pytest.approx(0.91), "B")
@@ -50,11 +49,11 @@ def test_steps_to_target_and_misses():
 
 def test_ratios_profile_and_score_on_a_hand_made_table():
   steps = {
-      "fast": {"w1": 100, "w2": 50},
-      "half": {"w1": 200, "w2": 100},
-      "mixed": {"w1": 100, "w2": INF},
-      "never": {"w1": INF, "w2": INF},
-      "slow": {"w1": 500, "w2": 250},
+    "fast": {"w1": 100, "w2": 50},
+    "half": {"w1": 200, "w2": 100},
+    "mixed": {"w1": 100, "w2": INF},
+    "never": {"w1": INF, "w2": INF},
+    "slow": {"w1": 500, "w2": 250},
   }
   r = algoperf.ratios(steps)
   assert r["fast"] == {"w1": 1.0, "w2": 1.0}
@@ -97,9 +96,15 @@ def test_relative_loss():
 
 
 def _tiny_stdlib(tmp_path):
-  for rel, text in {"b.py": "b = 2\n", "a.py": "a = 1\n", "pkg/c.py": "c = 3\n",
-                    "test/t.py": "t\n", "pkg/tests/u.py": "u\n", "site-packages/s.py": "s\n",
-                    "notes.txt": "x\n"}.items():
+  for rel, text in {
+    "b.py": "b = 2\n",
+    "a.py": "a = 1\n",
+    "pkg/c.py": "c = 3\n",
+    "test/t.py": "t\n",
+    "pkg/tests/u.py": "u\n",
+    "site-packages/s.py": "s\n",
+    "notes.txt": "x\n",
+  }.items():
     path = tmp_path / rel
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
@@ -108,6 +113,7 @@ def _tiny_stdlib(tmp_path):
 
 def test_corpus_file_list_is_sorted_and_excludes_tests(tmp_path):
   from benchmarks import workloads_core as core  # pylint: disable=g-import-not-at-top
+
   root = _tiny_stdlib(tmp_path)
   assert core.stdlib_files(root) == ["a.py", "b.py", "pkg/c.py"]
   assert core.stdlib_files(root) == core.stdlib_files(root)
@@ -115,6 +121,7 @@ def test_corpus_file_list_is_sorted_and_excludes_tests(tmp_path):
 
 def test_corpus_sha_is_hashlib_sha_of_the_concatenation(tmp_path):
   from benchmarks import workloads_core as core  # pylint: disable=g-import-not-at-top
+
   root = _tiny_stdlib(tmp_path)
   corpus, sha, files = core.build_corpus(root, num_chars=10)
   assert corpus == b"a = 1\nb = 2\nc = 3\n"[:10]
@@ -126,6 +133,7 @@ def test_corpus_sha_is_hashlib_sha_of_the_concatenation(tmp_path):
 
 def test_real_stdlib_file_list_is_deterministic():
   from benchmarks import workloads_core as core  # pylint: disable=g-import-not-at-top
+
   files = core.stdlib_files()
   assert files == sorted(files) and files
   assert not any(part in core.CORPUS_EXCLUDED_DIRS for f in files for part in f.split("/")[:-1])
@@ -138,14 +146,22 @@ def test_trainer_smoke(name):
   import optax  # pylint: disable=g-import-not-at-top
   import nag_optax  # pylint: disable=g-import-not-at-top
   from benchmarks import workloads_core as core  # pylint: disable=g-import-not-at-top
+
   wl = core.WORKLOADS[name]()
   _, params = wl.init_params(0)
   blocks, every = 2, 5
   batches = jnp.asarray(wl.batch_indices(0, blocks * every))
   with jax.enable_x64(False):
-    train = jax.jit(core.make_trainer(
-        wl, lambda lr: nag_optax.stop_when(optax.sgd(lr), patience=3), blocks, every,
-        record_stop=True, pass_validation_loss=True))
+    train = jax.jit(
+      core.make_trainer(
+        wl,
+        lambda lr: nag_optax.stop_when(optax.sgd(lr), patience=3),
+        blocks,
+        every,
+        record_stop=True,
+        pass_validation_loss=True,
+      )
+    )
     out = jax.device_get(train(params, batches, jnp.float32(0.1)))
   assert set(out) == {"metric", "val_loss", "train_loss", "lr", "stop"}
   for key in ("metric", "val_loss", "train_loss"):
@@ -160,6 +176,7 @@ def test_trainer_smoke(name):
 def test_suite_lists_the_nag_optax_optimizers():
   from benchmarks import workloads  # pylint: disable=g-import-not-at-top
   import nag_optax  # pylint: disable=g-import-not-at-top
+
   names = list(workloads.nag_factories())
   assert workloads.AUTO_SGD in names and workloads.V01 in names
   assert (workloads.AUTO_NADAMW in names) == hasattr(nag_optax, "auto_nadamw")
@@ -168,14 +185,16 @@ def test_suite_lists_the_nag_optax_optimizers():
 
 def test_results_md_replaces_only_the_sections_that_ran(tmp_path, monkeypatch):
   from benchmarks import run  # pylint: disable=g-import-not-at-top
+
   path = tmp_path / "RESULTS.md"
   monkeypatch.setattr(run, "RESULTS_PATH", str(path))
   order = ["quadratic", "logistic", "workloads"]
   run.write_results({n: run.section(n, f"## {n}\n\nold {n}", "env", 60) for n in order}, order)
   before = run.split_sections(path.read_text())
   assert list(before) == order
-  run.write_results({"workloads": run.section("workloads", "## workloads\n\nnew", "env", 120)},
-                    order)
+  run.write_results(
+    {"workloads": run.section("workloads", "## workloads\n\nnew", "env", 120)}, order
+  )
   after = run.split_sections(path.read_text())
   assert list(after) == order
   assert after["quadratic"] == before["quadratic"] and after["logistic"] == before["logistic"]

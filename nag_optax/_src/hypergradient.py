@@ -93,7 +93,7 @@ def scale_by_distance(
   where the start of training put it; an annealing on top of it, if wanted, is the user's (a
   schedule in ``optax.chain``) or the stopping signal's business.
 
-  The first update caps the initial guess: ``d_1 = min(learning_rate, max_relative_step *
+  ``init`` caps the initial guess: ``d_0 = min(learning_rate, max_relative_step *
   max(rms(x_0), 1e-3))`` (``rms`` the root mean square of the params), so a too large
   ``learning_rate`` (which the growing estimate could never undo) is cut to a step of a tenth of
   the typical parameter size; a small one grows by the estimate within tens of steps.
@@ -104,12 +104,13 @@ def scale_by_distance(
 
   Args:
     learning_rate: the initial estimate ``d_0`` (any value from ``1e-8`` up: too small grows,
-      too large is capped at the first update).
+      too large is capped by ``max_relative_step``).
     direction: an optax transformation giving the step direction from the gradient (its output
       is scaled by ``-step_scale * d_k``), or ``None`` for ``g / sqrt(EMA mean(g^2))``.
     decay: ``beta`` in ``(0, 1]``, the forgetting of old terms of ``r`` and ``s``.
     step_scale: ``sigma > 0``, multiplies the step (not the estimate).
-    max_relative_step: the cap of the first update, relative to the params' rms; ``None`` for none.
+    max_relative_step: the cap of the initial guess, relative to the params' rms; ``None`` for
+      none.
     growth_rate: the largest factor by which ``d`` may grow per update (``None``: unbounded).
     rms_decay: the EMA factor of the default direction's mean square.
     max_rms_decay: ``gamma`` in ``[0, 1]``, how fast the default direction's normaliser may fall.
@@ -164,6 +165,14 @@ def scale_by_distance(
     validation.check_float_params(params)
     dtype = numerics.scalar_dtype(params)
     d0 = jnp.asarray(learning_rate, dtype)
+    if max_relative_step is not None:
+      # The cap, read from x_0 (the params the estimate measures from).
+      size = max(sum(x.size for x in jax.tree.leaves(params)), 1)
+      acc = jnp.promote_types(dtype, jnp.float32)
+      (params_sq,) = numerics.sums(lambda p: (p * p,), params, dtype=acc)
+      rms_params = jnp.sqrt(params_sq / size)
+      cap = (max_relative_step * jnp.maximum(rms_params, 1e-3)).astype(dtype)
+      d0 = jnp.minimum(d0, cap)
     return ScaleByDistanceState(
         count=jnp.zeros((), jnp.int32), learning_rate=(step_scale * d0).astype(dtype),
         distance=d0, numerator=jnp.zeros((), dtype), mean_square=jnp.zeros((), dtype),
@@ -180,30 +189,18 @@ def scale_by_distance(
       raise ValueError("scale_by_distance needs params: its estimate reads x_0 - x_k.")
     dtype = state.distance.dtype
     acc = jnp.promote_types(dtype, jnp.float32)
-    first = state.count == 0
     size = max(sum(x.size for x in jax.tree.leaves(params)), 1)
     d = state.distance
     lam = (d * d).astype(acc)
-    # Every global sum this step needs, in one pass over the inputs (see `_sums`): sum g^2 (the
-    # default direction's mean square; finite iff every g is), the estimate's <g, x_0 - x> and
-    # ||s_new||_1 = ||decay s + lam g||_1 (lam from this step's d: a new d reaches the next step),
-    # and, for the first step's cap, sum x^2 and ||g||_1 (s = 0 then, so ||s_new||_1 =
-    # lam ||g||_1 with the capped lam).
-    grad_sq, numerator_term, l1, params_sq, grad_l1 = numerics.sums(
-      lambda g, p0, p, s_: (g * g, g * (p0 - p), jnp.abs(decay * s_ + lam * g), p * p, jnp.abs(g)),
-      updates,
-      state.initial_params,
-      params,
-      state.grad_sum,
-      dtype=acc,
-    )
+    # The global sums this step needs: sum g^2 (the default direction's mean square; finite iff
+    # every g is), the estimate's <g, x_0 - x> and ||s_new||_1 = ||decay s + lam g||_1 (lam from
+    # this step's d: a new d reaches the next step), written as decay ||s + (lam / decay) g||_1
+    # so that it shares no subexpression with the state's s_new (a shared one is materialized).
+    grad_sq, numerator_term, l1 = numerics.sums(
+        lambda g, p0, p, s_: (g * g, g * (p0 - p), jnp.abs(s_ + (lam / decay) * g)),
+        updates, state.initial_params, params, state.grad_sum, dtype=acc)
+    l1 = decay * l1
     finite = jnp.isfinite(grad_sq)
-    if max_relative_step is not None:
-      rms_params = jnp.sqrt(params_sq / size)
-      cap = (max_relative_step * jnp.maximum(rms_params, 1e-3)).astype(dtype)
-      d = jnp.where(first, jnp.minimum(d, cap), d)
-      lam = (d * d).astype(acc)
-      l1 = jnp.where(first, lam * grad_l1, l1)
     if direction is None:
       mean_square = grad_sq / size
       v = rms_decay * state.mean_square + (1.0 - rms_decay) * mean_square.astype(dtype)
