@@ -146,8 +146,10 @@ def auto_nag(
 
   References:
     Beck & Teboulle, `FISTA <https://doi.org/10.1137/080716542>`_, 2009.
+
     O'Donoghue & Candes, `Adaptive restart for accelerated gradient schemes
     <https://arxiv.org/abs/1204.3982>`_, 2015.
+
     Malitsky & Mishchenko, `Adaptive gradient descent without descent
     <https://arxiv.org/abs/1910.09529>`_, 2020.
   """
@@ -249,6 +251,7 @@ def auto_nag_sgd(
 
   References:
     Mishchenko & Defazio, `Prodigy <https://arxiv.org/abs/2306.06101>`_, ICML 2024.
+
     Sutskever, Martens, Dahl & Hinton, `On the importance of initialization and momentum in
     deep learning <https://proceedings.mlr.press/v28/sutskever13.html>`_, ICML 2013.
   """
@@ -346,8 +349,10 @@ def auto_nadamw(
   References:
     Dozat, `Incorporating Nesterov momentum into Adam
     <https://openreview.net/forum?id=OM0jvwB8jIp57ZJjtNEZ>`_, ICLR 2016 workshop.
+
     Loshchilov & Hutter, `Decoupled weight decay regularization
     <https://arxiv.org/abs/1711.05101>`_, ICLR 2019.
+
     Mishchenko & Defazio, `Prodigy <https://arxiv.org/abs/2306.06101>`_, ICML 2024.
   """
   validation.check_range("b1", b1, low=0.0, high=1.0, high_inclusive=False)

@@ -23,43 +23,48 @@ def _feed_plateau(plateau, plateau_state, scale, value, finite, dtype):
     return scale, plateau_state
   unit, new_state = plateau.update(jnp.ones((), dtype), plateau_state, value=value)
   feed = finite & jnp.isfinite(jnp.asarray(value))
-  return (jnp.where(feed, jnp.asarray(unit, dtype), scale),
-          optax.tree.where(feed, new_state, plateau_state))
+  return (
+    jnp.where(feed, jnp.asarray(unit, dtype), scale),
+    optax.tree.where(feed, new_state, plateau_state),
+  )
 
 
 def _check_plateau(plateau) -> None:
   if plateau is not None and not isinstance(plateau, optax.GradientTransformation):
-    raise TypeError("plateau must be an optax transformation (e.g. "
-                    f"optax.contrib.reduce_on_plateau()), got {type(plateau).__name__}.")
+    raise TypeError(
+      "plateau must be an optax transformation (e.g. "
+      f"optax.contrib.reduce_on_plateau()), got {type(plateau).__name__}."
+    )
 
 
 class ScaleByDistanceState(NamedTuple):
   """State of :func:`scale_by_distance`."""
-  count: jax.Array  # int32: updates taken.
-  learning_rate: jax.Array  # the rate the next update applies: step_scale * d * plateau_scale.
-  distance: jax.Array  # d_k, the distance estimate; never decreases after the first update.
-  numerator: jax.Array  # r_k = sum_i decay^(k-i) d_i^2 <g_i, x_0 - x_i>.
-  mean_square: jax.Array  # EMA of mean(g^2) (default direction; 0 otherwise).
-  max_mean_square: jax.Array  # its decayed running maximum, the default direction's normaliser.
-  plateau_scale: jax.Array  # the factor of `plateau` on the step (1 without it).
-  initial_params: Any  # x_0, the params at the first update.
-  grad_sum: Any  # s_k = sum_i decay^(k-i) d_i^2 g_i.
-  direction: Any  # state of the `direction` transformation (() for the default).
-  plateau: Any  # state of the `plateau` transformation (() without it).
+
+  count: jax.Array  #: int32: updates taken.
+  learning_rate: jax.Array  #: the rate the next update applies, ``step_scale * d * plateau_scale``.
+  distance: jax.Array  #: d_k, the distance estimate; never decreases after the first update.
+  numerator: jax.Array  #: r_k = sum_i decay^(k-i) d_i^2 <g_i, x_0 - x_i>.
+  mean_square: jax.Array  #: EMA of mean(g^2) (default direction; 0 otherwise).
+  max_mean_square: jax.Array  #: its decayed running maximum, the default direction's normaliser.
+  plateau_scale: jax.Array  #: the factor of `plateau` on the step (1 without it).
+  initial_params: Any  #: x_0, the params at the first update.
+  grad_sum: Any  #: s_k = sum_i decay^(k-i) d_i^2 g_i.
+  direction: Any  #: state of the `direction` transformation (() for the default).
+  plateau: Any  #: state of the `plateau` transformation (() without it).
 
 
 def scale_by_distance(
-    learning_rate: float = 1e-6,
-    *,
-    direction: Optional[optax.GradientTransformation] = None,
-    decay: float = 0.9995,
-    step_scale: float = 1.0,
-    max_relative_step: Optional[float] = 0.1,
-    growth_rate: Optional[float] = None,
-    rms_decay: float = 0.999,
-    max_rms_decay: float = 0.998,
-    eps: float = 1e-8,
-    plateau: Optional[optax.GradientTransformation] = None,
+  learning_rate: float = 1e-6,
+  *,
+  direction: Optional[optax.GradientTransformation] = None,
+  decay: float = 0.9995,
+  step_scale: float = 1.0,
+  max_relative_step: Optional[float] = 0.1,
+  growth_rate: Optional[float] = None,
+  rms_decay: float = 0.999,
+  max_rms_decay: float = 0.998,
+  eps: float = 1e-8,
+  plateau: Optional[optax.GradientTransformation] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Learning rate from an estimate of the distance to a solution, over the whole run.
 
@@ -80,8 +85,8 @@ def scale_by_distance(
   global scale, ``a_k = g_k / (sqrt(n_k) + eps)``, with ``v_k`` the bias-corrected EMA of the mean
   square of ``g`` and ``n_k = max(v_k, gamma n_{k-1})`` its running maximum that may fall by at
   most ``gamma = max_rms_decay`` per update: an SGD step ``-(d_k / sqrt(n_k)) g_k`` whose
-  effective rate does not shoot up when the gradients shrink (a normalised-gradient step, ``n_k =
-  v_k``, became unstable on a LayerNorm ResNet as its gradients fell). For a convex loss
+  effective rate does not shoot up when the gradients shrink (with ``n_k = v_k``, a normalised
+  gradient step, the rate grows without bound as the gradients fall). For a convex loss
   ``r_k <= ||s_k||_1 ||x_0 - x_*||_inf``, so the estimate never exceeds the distance to the
   minimiser while it grows geometrically from a small start.
 
@@ -139,8 +144,10 @@ def scale_by_distance(
   References:
     Defazio & Mishchenko, `Learning-rate-free learning by D-Adaptation
     <https://arxiv.org/abs/2301.07733>`_, ICML 2023.
+
     Mishchenko & Defazio, `Prodigy: an expeditiously adaptive parameter-free learner
     <https://arxiv.org/abs/2306.06101>`_, ICML 2024.
+
     Wu, Ren, Liao & Grosse, `Understanding short-horizon bias in stochastic meta-optimization
     <https://arxiv.org/abs/1803.02021>`_, ICLR 2018.
   """
@@ -156,8 +163,9 @@ def scale_by_distance(
   validation.check_range("eps", eps, low=0.0)
   if direction is not None:
     if not isinstance(direction, optax.GradientTransformation):
-      raise TypeError("direction must be an optax transformation or None, got "
-                      f"{type(direction).__name__}.")
+      raise TypeError(
+        f"direction must be an optax transformation or None, got {type(direction).__name__}."
+      )
     direction = optax.with_extra_args_support(direction)
   _check_plateau(plateau)
 
@@ -174,15 +182,19 @@ def scale_by_distance(
       cap = (max_relative_step * jnp.maximum(rms_params, 1e-3)).astype(dtype)
       d0 = jnp.minimum(d0, cap)
     return ScaleByDistanceState(
-        count=jnp.zeros((), jnp.int32), learning_rate=(step_scale * d0).astype(dtype),
-        distance=d0, numerator=jnp.zeros((), dtype), mean_square=jnp.zeros((), dtype),
-        max_mean_square=jnp.zeros((), dtype),
-        # A copy, not the caller's arrays, so the state can be donated with the params.
-        initial_params=jax.tree.map(lambda p: jnp.array(p, copy=True), params),
-        grad_sum=optax.tree.zeros_like(params),
-        direction=direction.init(params) if direction is not None else (),
-        plateau_scale=jnp.ones((), dtype),
-        plateau=plateau.init(jnp.ones((), dtype)) if plateau is not None else ())
+      count=jnp.zeros((), jnp.int32),
+      learning_rate=(step_scale * d0).astype(dtype),
+      distance=d0,
+      numerator=jnp.zeros((), dtype),
+      mean_square=jnp.zeros((), dtype),
+      max_mean_square=jnp.zeros((), dtype),
+      # A copy, not the caller's arrays, so the state can be donated with the params.
+      initial_params=jax.tree.map(lambda p: jnp.array(p, copy=True), params),
+      grad_sum=optax.tree.zeros_like(params),
+      direction=direction.init(params) if direction is not None else (),
+      plateau_scale=jnp.ones((), dtype),
+      plateau=plateau.init(jnp.ones((), dtype)) if plateau is not None else (),
+    )
 
   def update_fn(updates, state, params=None, *, value=None, **extra_args):
     if params is None:
@@ -197,28 +209,36 @@ def scale_by_distance(
     # this step's d: a new d reaches the next step), written as decay ||s + (lam / decay) g||_1
     # so that it shares no subexpression with the state's s_new (a shared one is materialized).
     grad_sq, numerator_term, l1 = numerics.sums(
-        lambda g, p0, p, s_: (g * g, g * (p0 - p), jnp.abs(s_ + (lam / decay) * g)),
-        updates, state.initial_params, params, state.grad_sum, dtype=acc)
+      lambda g, p0, p, s_: (g * g, g * (p0 - p), jnp.abs(s_ + (lam / decay) * g)),
+      updates,
+      state.initial_params,
+      params,
+      state.grad_sum,
+      dtype=acc,
+    )
     l1 = decay * l1
     finite = jnp.isfinite(grad_sq)
     if direction is None:
       mean_square = grad_sq / size
       v = rms_decay * state.mean_square + (1.0 - rms_decay) * mean_square.astype(dtype)
-      bias = 1.0 - rms_decay ** optax.safe_increment(state.count).astype(dtype)
+      bias = 1.0 - rms_decay ** jnp.asarray(optax.safe_increment(state.count)).astype(dtype)
       vmax = jnp.maximum(v / bias, max_rms_decay * state.max_mean_square)
       inv = 1.0 / (jnp.sqrt(vmax) + eps)
       dir_updates, dir_state = numerics.scale(inv, updates), ()
       v = jnp.where(finite, v, state.mean_square)
       vmax = jnp.where(finite, vmax, state.max_mean_square)
     else:
-      dir_updates, dir_state = direction.update(updates, state.direction, params, value=value,
-                                                **extra_args)
+      dir_updates, dir_state = direction.update(
+        updates, state.direction, params, value=value, **extra_args
+      )
       v, vmax = state.mean_square, state.max_mean_square
-    scale, plateau_state = _feed_plateau(plateau, state.plateau, state.plateau_scale, value,
-                                         finite, dtype)
+    scale, plateau_state = _feed_plateau(
+      plateau, state.plateau, state.plateau_scale, value, finite, dtype
+    )
     rate = step_scale * d * scale
-    new_updates = jax.tree.map(lambda a, g: (-rate * a.astype(acc)).astype(g.dtype),
-                               dir_updates, updates)
+    new_updates = jax.tree.map(
+      lambda a, g: (-rate * a.astype(acc)).astype(g.dtype), dir_updates, updates
+    )
 
     lam = lam.astype(dtype)
     numerator = decay * state.numerator + lam * numerator_term.astype(dtype)
@@ -231,14 +251,18 @@ def scale_by_distance(
     new_d = jnp.where(finite, jnp.maximum(d, estimate), d)
     keep = lambda new, old: optax.tree.where(finite, new, old)
     new_state = ScaleByDistanceState(
-        count=optax.safe_increment(state.count),
-        learning_rate=(step_scale * new_d * scale).astype(dtype), distance=new_d.astype(dtype),
-        numerator=jnp.where(finite, numerator, state.numerator).astype(dtype),
-        mean_square=v.astype(dtype), max_mean_square=vmax.astype(dtype),
-        initial_params=state.initial_params,
-        grad_sum=keep(grad_sum, state.grad_sum),
-        direction=keep(dir_state, state.direction) if direction is not None else (),
-        plateau_scale=scale.astype(dtype), plateau=plateau_state)
+      count=jnp.asarray(optax.safe_increment(state.count)),
+      learning_rate=(step_scale * new_d * scale).astype(dtype),
+      distance=new_d.astype(dtype),
+      numerator=jnp.where(finite, numerator, state.numerator).astype(dtype),
+      mean_square=v.astype(dtype),
+      max_mean_square=vmax.astype(dtype),
+      initial_params=state.initial_params,
+      grad_sum=keep(grad_sum, state.grad_sum),
+      direction=keep(dir_state, state.direction) if direction is not None else (),
+      plateau_scale=scale.astype(dtype),
+      plateau=plateau_state,
+    )
     return new_updates, new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -246,14 +270,15 @@ def scale_by_distance(
 
 class ScaleByHypergradientState(NamedTuple):
   """State of :func:`scale_by_hypergradient`."""
-  count: jax.Array  # int32: updates taken.
-  learning_rate: jax.Array  # the adapted rate over all leaves, ||eta g|| / ||g|| (cap excluded).
-  hypergradient: jax.Array  # the latest cosine c_t between -g_t and the previous applied step.
-  plateau_scale: jax.Array  # product of the plateau decays so far (1 without `plateau`).
-  leaf_learning_rates: Any  # one rate per leaf of params (all equal unless per_leaf).
-  warming_up: Any  # per leaf, bool: still in the initial doubling phase.
-  prev_params: Any  # the params of the previous update (their difference is the applied step).
-  plateau: Any  # the state of the `plateau` transformation (() without it).
+
+  count: jax.Array  #: int32: updates taken.
+  learning_rate: jax.Array  #: the adapted rate over all leaves, ||eta g|| / ||g|| (cap excluded).
+  hypergradient: jax.Array  #: the latest cosine c_t between -g_t and the previous applied step.
+  plateau_scale: jax.Array  #: product of the plateau decays so far (1 without `plateau`).
+  leaf_learning_rates: Any  #: one rate per leaf of params (all equal unless per_leaf).
+  warming_up: Any  #: bool, per leaf: still in the initial doubling phase.
+  prev_params: Any  #: the params of the previous update (their difference is the applied step).
+  plateau: Any  #: the state of the `plateau` transformation (() without it).
 
 
 def _leaf_sums(a, b, dtype):
@@ -279,14 +304,14 @@ def _cos(dot, aa, bb):
 
 
 def scale_by_hypergradient(
-    learning_rate: float = 1e-3,
-    *,
-    hypergradient_rate: float = 0.1,
-    warmup_growth: Optional[float] = 2.0,
-    max_relative_step: Optional[float] = 0.1,
-    learning_rate_bounds: tuple = (1e-8, 1e3),
-    plateau: Optional[optax.GradientTransformation] = None,
-    per_leaf: bool = False,
+  learning_rate: float = 1e-3,
+  *,
+  hypergradient_rate: float = 0.1,
+  warmup_growth: Optional[float] = 2.0,
+  max_relative_step: Optional[float] = 0.1,
+  learning_rate_bounds: tuple = (1e-8, 1e3),
+  plateau: Optional[optax.GradientTransformation] = None,
+  per_leaf: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Learning rate adapted online from the alignment of successive steps (hypergradient).
 
@@ -366,8 +391,8 @@ def scale_by_hypergradient(
   Returns:
     An ``optax.GradientTransformationExtraArgs``; its state exposes ``learning_rate``, the
     adapted rate ``||eta_t g_t|| / ||g_t||`` of the latest update before the cap's one-step
-    clip (the rate itself without ``per_leaf``), read by ``optax.tree.get`` and by ``stop_when(min_learning_rate=...)``, and
-    ``leaf_learning_rates``. It needs ``params``.
+    clip (the rate itself without ``per_leaf``), read by ``optax.tree.get`` and by
+    ``stop_when(min_learning_rate=...)``, and ``leaf_learning_rates``. It needs ``params``.
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax, nag_optax
@@ -386,15 +411,17 @@ def scale_by_hypergradient(
     multiplicative rule).
   """
   validation.check_range("learning_rate", learning_rate, low=0.0, low_inclusive=False)
-  validation.check_range("hypergradient_rate", hypergradient_rate, low=0.0, high=1.0,
-                         high_inclusive=False)
+  validation.check_range(
+    "hypergradient_rate", hypergradient_rate, low=0.0, high=1.0, high_inclusive=False
+  )
   if warmup_growth is not None:
     validation.check_range("warmup_growth", warmup_growth, low=1.0)
   if max_relative_step is not None:
     validation.check_range("max_relative_step", max_relative_step, low=0.0, low_inclusive=False)
   if not isinstance(learning_rate_bounds, (tuple, list)) or len(learning_rate_bounds) != 2:
-    raise ValueError("learning_rate_bounds must be a pair (lower, upper), got "
-                     f"{learning_rate_bounds!r}.")
+    raise ValueError(
+      f"learning_rate_bounds must be a pair (lower, upper), got {learning_rate_bounds!r}."
+    )
   lower, upper = learning_rate_bounds
   validation.check_range("learning_rate_bounds[0]", lower, low=0.0, low_inclusive=False)
   validation.check_range("learning_rate_bounds[1]", upper, low=lower, low_inclusive=False)
@@ -405,20 +432,25 @@ def scale_by_hypergradient(
     dtype = numerics.scalar_dtype(params)
     rate = jnp.clip(jnp.asarray(learning_rate, dtype), lower, upper)
     return ScaleByHypergradientState(
-        count=jnp.zeros((), jnp.int32), learning_rate=rate,
-        hypergradient=jnp.zeros((), dtype), plateau_scale=jnp.ones((), dtype),
-        leaf_learning_rates=jax.tree.map(lambda _: rate, params),
-        warming_up=jax.tree.map(lambda _: jnp.asarray(warmup_growth is not None), params),
-        # Read only from the second update on (after it holds the previous params); fresh zeros,
-        # not the caller's arrays, so a state built by init can be donated with the params.
-        prev_params=optax.tree.zeros_like(params),
-        plateau=plateau.init(jnp.ones((), dtype)) if plateau is not None else ())
+      count=jnp.zeros((), jnp.int32),
+      learning_rate=rate,
+      hypergradient=jnp.zeros((), dtype),
+      plateau_scale=jnp.ones((), dtype),
+      leaf_learning_rates=jax.tree.map(lambda _: rate, params),
+      warming_up=jax.tree.map(lambda _: jnp.asarray(warmup_growth is not None), params),
+      # Read only from the second update on (after it holds the previous params); fresh zeros,
+      # not the caller's arrays, so a state built by init can be donated with the params.
+      prev_params=optax.tree.zeros_like(params),
+      plateau=plateau.init(jnp.ones((), dtype)) if plateau is not None else (),
+    )
 
   def update_fn(updates, state, params=None, *, value=None, **extra_args):
     del extra_args
     if params is None:
-      raise ValueError("scale_by_hypergradient needs params: the applied step it adapts to is "
-                       "the difference of successive params.")
+      raise ValueError(
+        "scale_by_hypergradient needs params: the applied step it adapts to is "
+        "the difference of successive params."
+      )
     dtype = state.learning_rate.dtype
     treedef = jax.tree.structure(updates)
     rates = jax.tree.leaves(state.leaf_learning_rates)
@@ -427,8 +459,7 @@ def scale_by_hypergradient(
     # Everything below reads gs = g / max|g| (two multiplications by 1/sqrt(max|g|), whose
     # reciprocal stays a normal float), so no norm overflows for huge finite gradients; the
     # cosines and the cap are scale-free in g.
-    gmax = jnp.max(jnp.stack([jnp.max(jnp.abs(g)).astype(dtype)
-                              for g in jax.tree.leaves(updates)]))
+    gmax = jnp.max(jnp.stack([jnp.max(jnp.abs(g)).astype(dtype) for g in jax.tree.leaves(updates)]))
     gmax = jnp.where(finite & (gmax > 0), gmax, 1.0)
     rsq = jax.lax.rsqrt(gmax)
     scaled = jax.tree.map(lambda g: g.astype(dtype) * rsq * rsq, updates)
@@ -445,8 +476,10 @@ def scale_by_hypergradient(
     warming = [w & ((c > 0) | (state.count < 1)) for w, c in zip(warming, cosines)]
     new_rates = [eta * (1.0 + hypergradient_rate * c) for eta, c in zip(rates, cosines)]
     if warmup_growth is not None:
-      new_rates = [jnp.where(w & (c > 0), eta * warmup_growth, new)
-                   for w, c, eta, new in zip(warming, cosines, rates, new_rates)]
+      new_rates = [
+        jnp.where(w & (c > 0), eta * warmup_growth, new)
+        for w, c, eta, new in zip(warming, cosines, rates, new_rates)
+      ]
 
     scale = state.plateau_scale
     new_scale, plateau_state = _feed_plateau(plateau, state.plateau, scale, value, finite, dtype)
@@ -474,26 +507,38 @@ def scale_by_hypergradient(
       k = jnp.where(finite, k, gmax)
       multipliers = [eta * k for eta in new_rates]
       emitted = [eta * (k / gmax) for eta in new_rates]  # may underflow only for |g| ~ 1e38
-      new_rates = [jnp.maximum(jnp.where((state.count < 1) | w, e, jnp.maximum(e, 0.5 * eta)),
-                               lower)
-                   for w, e, eta in zip(warming, emitted, new_rates)]
-      new_updates = jax.tree.map(lambda m, gs, g: (-m * gs).astype(g.dtype),
-                                 jax.tree.unflatten(treedef, multipliers), scaled, updates)
+      new_rates = [
+        jnp.maximum(jnp.where((state.count < 1) | w, e, jnp.maximum(e, 0.5 * eta)), lower)
+        for w, e, eta in zip(warming, emitted, new_rates)
+      ]
+      new_updates = jax.tree.map(
+        lambda m, gs, g: (-m * gs).astype(g.dtype),
+        jax.tree.unflatten(treedef, multipliers),
+        scaled,
+        updates,
+      )
       s_norm = step_norm(new_rates)
     else:
-      new_updates = jax.tree.map(lambda eta, g: (-eta * g.astype(dtype)).astype(g.dtype),
-                                 jax.tree.unflatten(treedef, new_rates), updates)
+      new_updates = jax.tree.map(
+        lambda eta, g: (-eta * g.astype(dtype)).astype(g.dtype),
+        jax.tree.unflatten(treedef, new_rates),
+        updates,
+      )
     # The adapted (stored) rate over all leaves, ||eta g|| / ||g||: the rate itself without
     # per_leaf. A one-step clip by the cap is not a decayed rate, so it is not reported here.
     effective_now = s_norm / jnp.where(gnorm_scaled > 0, gnorm_scaled, 1.0)
     effective = jnp.where(finite & (gnorm_scaled > 0), effective_now, state.learning_rate)
 
     new_state = ScaleByHypergradientState(
-        count=optax.safe_increment(state.count), learning_rate=effective.astype(dtype),
-        hypergradient=global_cos.astype(dtype), plateau_scale=scale.astype(dtype),
-        leaf_learning_rates=jax.tree.unflatten(treedef, [e.astype(dtype) for e in new_rates]),
-        warming_up=jax.tree.unflatten(treedef, warming), prev_params=params,
-        plateau=plateau_state)
+      count=jnp.asarray(optax.safe_increment(state.count)),
+      learning_rate=effective.astype(dtype),
+      hypergradient=global_cos.astype(dtype),
+      plateau_scale=scale.astype(dtype),
+      leaf_learning_rates=jax.tree.unflatten(treedef, [e.astype(dtype) for e in new_rates]),
+      warming_up=jax.tree.unflatten(treedef, warming),
+      prev_params=params,
+      plateau=plateau_state,
+    )
     return new_updates, new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -1,6 +1,6 @@
 """Lookahead (Nesterov) momentum with constant, convex and strongly convex schedules."""
 
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, Literal, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -15,14 +15,15 @@ RESTARTS = (None, "gradient", "speed", "function")
 
 class NesterovState(NamedTuple):
   """State of :func:`nesterov`."""
-  count: jax.Array  # int32: number of updates taken.
-  momentum: jax.Array  # the momentum b_k used at the latest step (0 at a restart).
-  t: jax.Array  # FISTA sequence t_k for the next step (1 after init or a restart).
-  trace: Any  # buffer m_k = x_k - x_{k-1}, in accumulator_dtype.
-  restarts: jax.Array  # int32: number of restarts so far.
-  steps_since_restart: jax.Array  # int32: steps since the last restart (or init).
-  last_step_norm: jax.Array  # ||m_k||, for the speed restart.
-  last_value: jax.Array  # loss at the previous lookahead point, for the function restart.
+
+  count: jax.Array  #: int32: number of updates taken.
+  momentum: jax.Array  #: the momentum b_k used at the latest step (0 at a restart).
+  t: jax.Array  #: FISTA sequence t_k for the next step (1 after init or a restart).
+  trace: Any  #: buffer m_k = x_k - x_{k-1}, in accumulator_dtype.
+  restarts: jax.Array  #: int32: number of restarts so far.
+  steps_since_restart: jax.Array  #: int32: steps since the last restart (or init).
+  last_step_norm: jax.Array  #: ||m_k||, for the speed restart.
+  last_value: jax.Array  #: loss at the previous lookahead point, for the function restart.
 
 
 def momentum_from_condition_number(condition_number: Any) -> jax.Array:
@@ -38,13 +39,13 @@ def momentum_from_condition_number(condition_number: Any) -> jax.Array:
 
 
 def nesterov(
-    momentum: Union[float, optax.ScalarOrSchedule] = 0.9,
-    *,
-    schedule: str = "constant",
-    condition_number: Optional[Any] = None,
-    restart: Optional[str] = None,
-    accumulator_dtype: Optional[Any] = None,
-    min_restart_interval: int = 10,
+  momentum: optax.ScalarOrSchedule = 0.9,
+  *,
+  schedule: Literal["constant", "convex", "strongly_convex"] = "constant",
+  condition_number: Optional[jax.typing.ArrayLike] = None,
+  restart: Optional[Literal["gradient", "speed", "function"]] = None,
+  accumulator_dtype: Optional[jax.typing.DTypeLike] = None,
+  min_restart_interval: int = 10,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Lookahead momentum in Sutskever form, with an accelerated schedule and adaptive restart.
 
@@ -91,7 +92,8 @@ def nesterov(
 
   Examples:
     >>> import jax.numpy as jnp, optax, nag_optax
-    >>> tx = optax.chain(optax.scale(-0.1), nag_optax.nesterov(schedule="convex", restart="gradient"))
+    >>> tx = optax.chain(
+    ...     optax.scale(-0.1), nag_optax.nesterov(schedule="convex", restart="gradient"))
     >>> params = jnp.array([1.0, -2.0])
     >>> state = tx.init(params)
     >>> for _ in range(3):
@@ -103,11 +105,15 @@ def nesterov(
 
   References:
     Nesterov, Introductory Lectures on Convex Optimization, 2004.
+
     Sutskever et al., `On the importance of initialization and momentum in deep learning
     <https://proceedings.mlr.press/v28/sutskever13.html>`_, 2013.
+
     Beck & Teboulle, `FISTA <https://doi.org/10.1137/080716542>`_, 2009.
+
     O'Donoghue & Candes, `Adaptive restart for accelerated gradient schemes
     <https://arxiv.org/abs/1204.3982>`_, 2015.
+
     Su, Boyd & Candes, `A differential equation for modeling Nesterov's accelerated gradient method
     <https://arxiv.org/abs/1503.01243>`_, 2016.
   """
@@ -123,21 +129,22 @@ def nesterov(
     validation.check_range("condition_number", condition_number, low=1.0)
   elif condition_number is not None:
     raise ValueError(
-        f'condition_number is only used by schedule="strongly_convex", got schedule={schedule!r}.')
+      f'condition_number is only used by schedule="strongly_convex", got schedule={schedule!r}.'
+    )
   accumulator_dtype = None if accumulator_dtype is None else jnp.dtype(accumulator_dtype)
 
   def init_fn(params):
     validation.check_float_params(params)
     dtype = numerics.scalar_dtype(params)
     return NesterovState(
-        count=jnp.zeros((), jnp.int32),
-        momentum=jnp.zeros((), dtype),
-        t=jnp.ones((), dtype),
-        trace=optax.tree.zeros_like(params, dtype=accumulator_dtype),
-        restarts=jnp.zeros((), jnp.int32),
-        steps_since_restart=jnp.zeros((), jnp.int32),
-        last_step_norm=jnp.zeros((), dtype),
-        last_value=jnp.full((), jnp.inf, dtype),
+      count=jnp.zeros((), jnp.int32),
+      momentum=jnp.zeros((), dtype),
+      t=jnp.ones((), dtype),
+      trace=optax.tree.zeros_like(params, dtype=accumulator_dtype),
+      restarts=jnp.zeros((), jnp.int32),
+      steps_since_restart=jnp.zeros((), jnp.int32),
+      last_step_norm=jnp.zeros((), dtype),
+      last_value=jnp.full((), jnp.inf, dtype),
     )
 
   def update_fn(updates, state, params=None, *, value=None, **extra_args):
@@ -177,28 +184,32 @@ def nesterov(
       step_norm = state.last_step_norm
     elif restart == "speed":
       step_norm = numerics.norm(unshared()[1], dtype)
-      restarting = jnp.logical_and(step_norm < state.last_step_norm,
-                                   state.steps_since_restart >= min_restart_interval)
+      restarting = jnp.logical_and(
+        step_norm < state.last_step_norm, state.steps_since_restart >= min_restart_interval
+      )
     else:  # function
       restarting = jnp.asarray(value).astype(dtype) > state.last_value
       step_norm = state.last_step_norm
 
     b_used = jnp.where(restarting, jnp.zeros_like(b), b)
     new_updates = jax.tree.map(
-        lambda x, m, g: (x + b_used.astype(m.dtype) * m).astype(g.dtype), u, new_trace, updates)
+      lambda x, m, g: (x + b_used.astype(m.dtype) * m).astype(g.dtype), u, new_trace, updates
+    )
     new_trace = jax.tree.map(lambda m: jnp.where(restarting, jnp.zeros_like(m), m), new_trace)
     last_value = state.last_value if value is None else jnp.asarray(value).astype(dtype)
     new_state = NesterovState(
-        count=optax.safe_increment(state.count),
-        momentum=b_used,
-        t=jnp.where(restarting, jnp.ones_like(t_next), t_next).astype(dtype),
-        trace=new_trace,
-        restarts=state.restarts + restarting.astype(jnp.int32),
-        steps_since_restart=jnp.where(
-            restarting, jnp.zeros_like(state.steps_since_restart),
-            optax.safe_increment(state.steps_since_restart)),
-        last_step_norm=jnp.where(restarting, jnp.zeros_like(step_norm), step_norm).astype(dtype),
-        last_value=last_value,
+      count=jnp.asarray(optax.safe_increment(state.count)),
+      momentum=b_used,
+      t=jnp.where(restarting, jnp.ones_like(t_next), t_next).astype(dtype),
+      trace=new_trace,
+      restarts=state.restarts + restarting.astype(jnp.int32),
+      steps_since_restart=jnp.where(
+        restarting,
+        jnp.zeros_like(state.steps_since_restart),
+        optax.safe_increment(state.steps_since_restart),
+      ),
+      last_step_norm=jnp.where(restarting, jnp.zeros_like(step_norm), step_norm).astype(dtype),
+      last_value=last_value,
     )
     return new_updates, new_state
 

@@ -3,7 +3,7 @@
 Each transformation emits ``u = -step * g`` and goes *before* :func:`nesterov` in a chain.
 """
 
-from typing import Any, NamedTuple, Optional
+from typing import Any, Literal, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -18,13 +18,14 @@ ESTIMATES = ("secant", "cocoercive")
 
 class ScaleByCurvatureState(NamedTuple):
   """State of :func:`scale_by_curvature`."""
-  count: jax.Array  # int32: updates taken.
-  learning_rate: jax.Array  # the step used at the latest update.
-  curvature: jax.Array  # running estimate of L (max of decayed secant estimates); 0 before any.
-  peak_curvature: jax.Array  # the largest two-point estimate seen; L_k never exceeds it.
-  function_evals: jax.Array  # int32: value_fn evaluations so far (first-step backtracking only).
-  prev_params: Any  # the point of the previous gradient.
-  prev_grad: Any  # the previous gradient.
+
+  count: jax.Array  #: int32: updates taken.
+  learning_rate: jax.Array  #: the step used at the latest update.
+  curvature: jax.Array  #: running estimate of L (max of decayed secant estimates); 0 before any.
+  peak_curvature: jax.Array  #: the largest two-point estimate seen; L_k never exceeds it.
+  function_evals: jax.Array  #: int32: value_fn evaluations so far (first-step backtracking only).
+  prev_params: Any  #: the point of the previous gradient.
+  prev_grad: Any  #: the previous gradient.
 
 
 def _secant_curvature(params, prev_params, grad, prev_grad, dtype, estimate="secant"):
@@ -59,13 +60,13 @@ def _initial_step(initial_step, params, grad, dtype):
 
 
 def scale_by_curvature(
-    initial_step: Optional[float] = None,
-    *,
-    safety: float = 1.0,
-    decay: float = 1.0,
-    estimate: str = "secant",
-    backtrack_first_step: bool = True,
-    max_backtracking_steps: int = 40,
+  initial_step: Optional[float] = None,
+  *,
+  safety: float = 1.0,
+  decay: float = 1.0,
+  estimate: Literal["secant", "cocoercive"] = "secant",
+  backtrack_first_step: bool = True,
+  max_backtracking_steps: int = 40,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Step size from the local curvature seen by consecutive gradients (gradients only).
 
@@ -136,10 +137,12 @@ def scale_by_curvature(
   References:
     Malitsky & Mishchenko, `Adaptive gradient descent without descent
     <https://arxiv.org/abs/1910.09529>`_, ICML 2020.
+
     Barzilai & Borwein, Two-point step size gradient methods, IMA J. Numer. Anal. 1988.
   """
-  validation.check_range("initial_step", initial_step if initial_step is not None else 1.0,
-                         low=0.0, low_inclusive=False)
+  validation.check_range(
+    "initial_step", initial_step if initial_step is not None else 1.0, low=0.0, low_inclusive=False
+  )
   validation.check_range("safety", safety, low=0.0, high=2.0, low_inclusive=False)
   validation.check_range("decay", decay, low=0.0, high=1.0, low_inclusive=False)
   validation.check_choice("estimate", estimate, ESTIMATES)
@@ -149,13 +152,14 @@ def scale_by_curvature(
     validation.check_float_params(params)
     dtype = numerics.scalar_dtype(params)
     return ScaleByCurvatureState(
-        count=jnp.zeros((), jnp.int32),
-        learning_rate=jnp.zeros((), dtype),
-        curvature=jnp.zeros((), dtype),
-        peak_curvature=jnp.zeros((), dtype),
-        function_evals=jnp.zeros((), jnp.int32),
-        prev_params=optax.tree.zeros_like(params),
-        prev_grad=optax.tree.zeros_like(params))
+      count=jnp.zeros((), jnp.int32),
+      learning_rate=jnp.zeros((), dtype),
+      curvature=jnp.zeros((), dtype),
+      peak_curvature=jnp.zeros((), dtype),
+      function_evals=jnp.zeros((), jnp.int32),
+      prev_params=optax.tree.zeros_like(params),
+      prev_grad=optax.tree.zeros_like(params),
+    )
 
   def update_fn(updates, state, params=None, *, value=None, value_fn=None, **extra_args):
     del extra_args
@@ -163,8 +167,7 @@ def scale_by_curvature(
       raise ValueError("scale_by_curvature needs params (the point where the gradient was taken).")
     dtype = state.learning_rate.dtype
     first = state.count == 0
-    secant = _secant_curvature(params, state.prev_params, updates, state.prev_grad, dtype,
-                               estimate)
+    secant = _secant_curvature(params, state.prev_params, updates, state.prev_grad, dtype, estimate)
     peak = jnp.maximum(state.peak_curvature, secant)
     # Forget only while the last move went downhill; after an uphill move (the new gradient
     # points back along it) undo one forgetting, up to the largest estimate seen.
@@ -172,28 +175,53 @@ def scale_by_curvature(
     uphill = numerics.vdot(updates, moved, dtype) > 0
     base = jnp.where(uphill, jnp.minimum(state.curvature / decay, peak), decay * state.curvature)
     curvature = jnp.where(first, 0.0, jnp.maximum(base, secant))
-    step = jnp.where(curvature > 0, safety / jnp.where(curvature > 0, curvature, 1.0),
-                     jnp.where(first, _initial_step(initial_step, params, updates, dtype),
-                               state.learning_rate))
+    step = jnp.where(
+      curvature > 0,
+      safety / jnp.where(curvature > 0, curvature, 1.0),
+      jnp.where(first, _initial_step(initial_step, params, updates, dtype), state.learning_rate),
+    )
     accepted, evals = jnp.asarray(True), jnp.zeros((), jnp.int32)
     if backtrack_first_step and value is not None and value_fn is not None:
       step, accepted, evals = _backtrack(
-          value_fn, params, updates, value, step, decrease_factor=0.5, sufficient_decrease=0.5,
-          max_steps=max_backtracking_steps, dtype=dtype, active=first)
+        value_fn,
+        params,
+        updates,
+        value,
+        step,
+        decrease_factor=0.5,
+        sufficient_decrease=0.5,
+        max_steps=max_backtracking_steps,
+        dtype=dtype,
+        active=first,
+      )
     new_updates = numerics.scale(jnp.where(accepted, -step, 0.0), updates)
     new_state = ScaleByCurvatureState(
-        count=optax.safe_increment(state.count), learning_rate=step.astype(dtype),
-        curvature=curvature.astype(dtype), peak_curvature=jnp.where(first, 0.0, peak).astype(dtype),
-        function_evals=state.function_evals + evals,
-        prev_params=params,
-        prev_grad=jax.tree.map(lambda g, p: g.astype(p.dtype), updates, state.prev_grad))
+      count=jnp.asarray(optax.safe_increment(state.count)),
+      learning_rate=step.astype(dtype),
+      curvature=curvature.astype(dtype),
+      peak_curvature=jnp.where(first, 0.0, peak).astype(dtype),
+      function_evals=state.function_evals + evals,
+      prev_params=params,
+      prev_grad=jax.tree.map(lambda g, p: g.astype(p.dtype), updates, state.prev_grad),
+    )
     return new_updates, new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _backtrack(value_fn, params, grad, value, step, *, decrease_factor, sufficient_decrease,
-               max_steps, dtype, active=True):
+def _backtrack(
+  value_fn,
+  params,
+  grad,
+  value,
+  step,
+  *,
+  decrease_factor,
+  sufficient_decrease,
+  max_steps,
+  dtype,
+  active=True,
+):
   """Shrink ``step`` until f(y - step g) <= f(y) - c step ||g||^2, in a bounded while_loop.
 
   Returns ``(accepted_step, accepted, evaluations)``. A non-finite trial value is a rejection,
@@ -223,25 +251,27 @@ def _backtrack(value_fn, params, grad, value, step, *, decrease_factor, sufficie
     return jnp.where(ok, eta, eta * decrease_factor), ok, evals + 1
 
   eta, accepted, evals = jax.lax.while_loop(
-      cond, body, (jnp.asarray(step, dtype), ~jnp.asarray(active), jnp.zeros((), jnp.int32)))
+    cond, body, (jnp.asarray(step, dtype), ~jnp.asarray(active), jnp.zeros((), jnp.int32))
+  )
   return eta, accepted, evals
 
 
 class ScaleByBacktrackingState(NamedTuple):
   """State of :func:`scale_by_backtracking`."""
-  count: jax.Array  # int32: updates taken.
-  learning_rate: jax.Array  # the step accepted at the latest update (next guess: x increase).
-  function_evals: jax.Array  # int32: value_fn evaluations so far.
-  num_backtracking_steps: jax.Array  # int32: value_fn evaluations at the latest update.
+
+  count: jax.Array  #: int32: updates taken.
+  learning_rate: jax.Array  #: the latest accepted step; the next guess is increase_factor times it.
+  function_evals: jax.Array  #: int32: value_fn evaluations so far.
+  num_backtracking_steps: jax.Array  #: int32: value_fn evaluations at the latest update.
 
 
 def scale_by_backtracking(
-    initial_step: Optional[float] = None,
-    *,
-    increase_factor: float = 2.0,
-    decrease_factor: float = 0.5,
-    sufficient_decrease: float = 0.5,
-    max_backtracking_steps: int = 40,
+  initial_step: Optional[float] = None,
+  *,
+  increase_factor: float = 2.0,
+  decrease_factor: float = 0.5,
+  sufficient_decrease: float = 0.5,
+  max_backtracking_steps: int = 40,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Step size by sufficient-decrease backtracking that can also grow the step.
 
@@ -290,24 +320,37 @@ def scale_by_backtracking(
   References:
     Beck & Teboulle, `A fast iterative shrinkage-thresholding algorithm
     <https://doi.org/10.1137/080716542>`_, 2009.
+
     Nesterov, `Gradient methods for minimizing composite functions
     <https://doi.org/10.1007/s10107-012-0629-5>`_, 2013 (step growth after acceptance).
   """
-  validation.check_range("initial_step", initial_step if initial_step is not None else 1.0,
-                         low=0.0, low_inclusive=False)
+  validation.check_range(
+    "initial_step", initial_step if initial_step is not None else 1.0, low=0.0, low_inclusive=False
+  )
   validation.check_range("increase_factor", increase_factor, low=1.0)
-  validation.check_range("decrease_factor", decrease_factor, low=0.0, high=1.0,
-                         low_inclusive=False, high_inclusive=False)
-  validation.check_range("sufficient_decrease", sufficient_decrease, low=0.0, high=1.0,
-                         low_inclusive=False, high_inclusive=False)
+  validation.check_range(
+    "decrease_factor", decrease_factor, low=0.0, high=1.0, low_inclusive=False, high_inclusive=False
+  )
+  validation.check_range(
+    "sufficient_decrease",
+    sufficient_decrease,
+    low=0.0,
+    high=1.0,
+    low_inclusive=False,
+    high_inclusive=False,
+  )
   validation.check_int("max_backtracking_steps", max_backtracking_steps, low=1, allow_none=False)
 
   def init_fn(params):
     validation.check_float_params(params)
     dtype = numerics.scalar_dtype(params)
     izero = jnp.zeros((), jnp.int32)
-    return ScaleByBacktrackingState(count=izero, learning_rate=jnp.zeros((), dtype),
-                                    function_evals=izero, num_backtracking_steps=izero)
+    return ScaleByBacktrackingState(
+      count=izero,
+      learning_rate=jnp.zeros((), dtype),
+      function_evals=izero,
+      num_backtracking_steps=izero,
+    )
 
   def update_fn(updates, state, params=None, *, value=None, value_fn=None, **extra_args):
     del extra_args
@@ -317,20 +360,33 @@ def scale_by_backtracking(
     # No growth at a zero gradient: every trial would be accepted there and the step would
     # double without bound while the iterate stands still.
     grows = numerics.norm(updates, dtype) > 0
-    guess = jnp.where(state.count > 0,
-                      state.learning_rate * jnp.where(grows, increase_factor, 1.0),
-                      _initial_step(initial_step, params, updates, dtype))
+    guess = jnp.where(
+      state.count > 0,
+      state.learning_rate * jnp.where(grows, increase_factor, 1.0),
+      _initial_step(initial_step, params, updates, dtype),
+    )
     if value is None or value_fn is None:
       step = jnp.where(state.count > 0, state.learning_rate, guess)
       accepted, evals = jnp.asarray(True), jnp.zeros((), jnp.int32)
     else:
       step, accepted, evals = _backtrack(
-          value_fn, params, updates, value, guess, decrease_factor=decrease_factor,
-          sufficient_decrease=sufficient_decrease, max_steps=max_backtracking_steps, dtype=dtype)
+        value_fn,
+        params,
+        updates,
+        value,
+        guess,
+        decrease_factor=decrease_factor,
+        sufficient_decrease=sufficient_decrease,
+        max_steps=max_backtracking_steps,
+        dtype=dtype,
+      )
     new_updates = numerics.scale(jnp.where(accepted, -step, 0.0), updates)
     new_state = ScaleByBacktrackingState(
-        count=optax.safe_increment(state.count), learning_rate=step.astype(dtype),
-        function_evals=state.function_evals + evals, num_backtracking_steps=evals)
+      count=jnp.asarray(optax.safe_increment(state.count)),
+      learning_rate=step.astype(dtype),
+      function_evals=state.function_evals + evals,
+      num_backtracking_steps=evals,
+    )
     return new_updates, new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

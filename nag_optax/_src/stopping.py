@@ -5,6 +5,7 @@ import enum
 from typing import Any, NamedTuple, Optional
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -15,6 +16,7 @@ from nag_optax._src import validation
 
 class StopReason(enum.IntEnum):
   """Why the stopping signal fired. Stored as an int32 code in ``StopWhenState.reason``."""
+
   NOT_STOPPED = 0
   GTOL = 1
   RTOL = 2
@@ -28,65 +30,69 @@ class StopReason(enum.IntEnum):
 
   @property
   def description(self) -> str:
+    """What the reason means, in words (e.g. ``"gradient norm <= gtol"`` for ``GTOL``)."""
     return _DESCRIPTIONS[self]
 
   @property
   def converged(self) -> bool:
-    """True for the reasons that certify a (near-)stationary point: gtol, rtol, ftol, xtol."""
+    """Whether the reason certifies a (near-)stationary point (GTOL, RTOL, FTOL or XTOL)."""
     return self in (StopReason.GTOL, StopReason.RTOL, StopReason.FTOL, StopReason.XTOL)
 
 
 _DESCRIPTIONS = {
-    StopReason.NOT_STOPPED: "not stopped",
-    StopReason.GTOL: "gradient norm <= gtol",
-    StopReason.RTOL: "gradient norm <= rtol * initial gradient norm",
-    StopReason.FTOL: "relative change of the loss <= ftol",
-    StopReason.XTOL: "update norm <= xtol",
-    StopReason.MAX_STEPS: "reached max_steps",
-    StopReason.PATIENCE: "loss not improved for `patience` steps",
-    StopReason.MIN_LEARNING_RATE: "adapted learning rate below min_learning_rate",
-    StopReason.NONFINITE: "max_nonfinite consecutive non-finite gradients, losses or updates",
-    StopReason.VALIDATION_PATIENCE: "validation loss not improved for `validation_patience` steps",
+  StopReason.NOT_STOPPED: "not stopped",
+  StopReason.GTOL: "gradient norm <= gtol",
+  StopReason.RTOL: "gradient norm <= rtol * initial gradient norm",
+  StopReason.FTOL: "relative change of the loss <= ftol",
+  StopReason.XTOL: "update norm <= xtol",
+  StopReason.MAX_STEPS: "reached max_steps",
+  StopReason.PATIENCE: "loss not improved for `patience` steps",
+  StopReason.MIN_LEARNING_RATE: "adapted learning rate below min_learning_rate",
+  StopReason.NONFINITE: "max_nonfinite consecutive non-finite gradients, losses or updates",
+  StopReason.VALIDATION_PATIENCE: "validation loss not improved for `validation_patience` steps",
 }
 
 
 class StopWhenState(NamedTuple):
   """State of :func:`stop_when`."""
-  inner_state: Any  # state of the wrapped transformation (frozen once stopped).
-  stop: jax.Array  # bool: the signal; once True, updates are zero.
-  reason: jax.Array  # int32 code of StopReason.
-  count: jax.Array  # int32: updates applied (skipped and zero updates after the signal excluded).
-  grad_norm: jax.Array  # ||g|| at the latest call.
-  initial_grad_norm: jax.Array  # ||g_0||: the first finite gradient norm, for rtol.
-  update_norm: jax.Array  # ||update|| of the latest applied update.
-  last_value: jax.Array  # loss at the latest finite step (inf before the first).
-  best_value: jax.Array  # lowest loss seen, for patience.
-  steps_since_improvement: jax.Array  # int32: calls since best_value last improved.
-  nonfinite_count: jax.Array  # int32: consecutive skipped non-finite steps.
-  total_nonfinite: jax.Array  # int32: skipped non-finite steps in all.
-  best_validation: jax.Array  # lowest `validation_loss` seen (inf before the first).
-  steps_since_validation_improvement: jax.Array  # int32: calls since best_validation improved.
+
+  inner_state: Any  #: state of the wrapped transformation (frozen once stopped).
+  stop: jax.Array  #: bool: the signal; once True, updates are zero.
+  reason: jax.Array  #: int32 code of StopReason.
+  count: jax.Array  #: int32: updates applied (skipped and zero updates after the signal excluded).
+  grad_norm: jax.Array  #: ||g|| at the latest call.
+  initial_grad_norm: jax.Array  #: the first finite gradient norm ||g_0||, for rtol.
+  update_norm: jax.Array  #: ||update|| of the latest applied update.
+  last_value: jax.Array  #: loss at the latest finite step (inf before the first).
+  best_value: jax.Array  #: lowest loss seen, for patience.
+  steps_since_improvement: jax.Array  #: int32: calls since best_value last improved.
+  nonfinite_count: jax.Array  #: int32: consecutive skipped non-finite steps.
+  total_nonfinite: jax.Array  #: int32: skipped non-finite steps in all.
+  best_validation: jax.Array  #: lowest `validation_loss` seen (inf before the first).
+  steps_since_validation_improvement: jax.Array  #: int32: calls since best_validation improved.
 
 
 def _learning_rates(inner_state):
   found = optax.tree.get_all_with_path(
-      inner_state, "learning_rate",
-      filtering=lambda _, v: isinstance(v, (jax.Array, np.ndarray, float)))
+    inner_state,
+    "learning_rate",
+    filtering=lambda _, v: isinstance(v, (jax.Array, np.ndarray, float)),
+  )
   return [v for _, v in found]
 
 
 def stop_when(
-    inner: optax.GradientTransformation,
-    *,
-    gtol: Optional[float] = None,
-    rtol: Optional[float] = None,
-    ftol: Optional[float] = None,
-    xtol: Optional[float] = None,
-    max_steps: Optional[int] = None,
-    patience: Optional[int] = None,
-    min_learning_rate: Optional[float] = None,
-    validation_patience: Optional[int] = None,
-    max_nonfinite: int = 5,
+  inner: optax.GradientTransformation,
+  *,
+  gtol: Optional[float] = None,
+  rtol: Optional[float] = None,
+  ftol: Optional[float] = None,
+  xtol: Optional[float] = None,
+  max_steps: Optional[int] = None,
+  patience: Optional[int] = None,
+  min_learning_rate: Optional[float] = None,
+  validation_patience: Optional[int] = None,
+  max_nonfinite: int = 5,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Wrap a transformation with a stopping signal and a non-finite guard.
 
@@ -147,8 +153,9 @@ def stop_when(
   validation.check_range("rtol", rtol if rtol is not None else 0.0, low=0.0)
   validation.check_range("ftol", ftol if ftol is not None else 0.0, low=0.0)
   validation.check_range("xtol", xtol if xtol is not None else 0.0, low=0.0)
-  validation.check_range("min_learning_rate",
-                         min_learning_rate if min_learning_rate is not None else 0.0, low=0.0)
+  validation.check_range(
+    "min_learning_rate", min_learning_rate if min_learning_rate is not None else 0.0, low=0.0
+  )
   validation.check_int("max_steps", max_steps, low=0)
   validation.check_int("patience", patience, low=1)
   validation.check_int("validation_patience", validation_patience, low=1)
@@ -161,18 +168,30 @@ def stop_when(
     validation.check_float_params(params)
     inner_state = inner.init(params)
     if min_learning_rate is not None and not _learning_rates(inner_state):
-      raise ValueError("min_learning_rate needs an inner transformation whose state has a "
-                       "'learning_rate' field (e.g. scale_by_curvature, scale_by_hypergradient, "
-                       "or optax.inject_hyperparams).")
+      raise ValueError(
+        "min_learning_rate needs an inner transformation whose state has a "
+        "'learning_rate' field (e.g. scale_by_curvature, scale_by_hypergradient, "
+        "or optax.inject_hyperparams)."
+      )
     dtype = numerics.scalar_dtype(params)
-    zero, inf = jnp.zeros((), dtype), jnp.full((), jnp.inf, dtype)
+    inf = jnp.full((), jnp.inf, dtype)
     izero = jnp.zeros((), jnp.int32)
     return StopWhenState(
-        inner_state=inner_state, stop=jnp.zeros((), bool),
-        reason=jnp.zeros((), jnp.int32), count=izero,
-        grad_norm=inf, initial_grad_norm=inf, update_norm=inf, last_value=inf, best_value=inf,
-        steps_since_improvement=izero, nonfinite_count=izero, total_nonfinite=izero,
-        best_validation=inf, steps_since_validation_improvement=izero)
+      inner_state=inner_state,
+      stop=jnp.zeros((), bool),
+      reason=jnp.zeros((), jnp.int32),
+      count=izero,
+      grad_norm=inf,
+      initial_grad_norm=inf,
+      update_norm=inf,
+      last_value=inf,
+      best_value=inf,
+      steps_since_improvement=izero,
+      nonfinite_count=izero,
+      total_nonfinite=izero,
+      best_validation=inf,
+      steps_since_validation_improvement=izero,
+    )
 
   def update_fn(updates, state, params=None, *, value=None, validation_loss=None, **extra_args):
     dtype = state.grad_norm.dtype
@@ -184,8 +203,9 @@ def stop_when(
     if has_value:
       inputs_finite &= jnp.isfinite(f)
     first = state.count == 0
-    initial_grad_norm = jnp.where(jnp.isinf(state.initial_grad_norm) & inputs_finite,
-                                  grad_norm, state.initial_grad_norm)
+    initial_grad_norm = jnp.where(
+      jnp.isinf(state.initial_grad_norm) & inputs_finite, grad_norm, state.initial_grad_norm
+    )
 
     # Tests on the current point (before the step). NaN fails every comparison.
     reason = jnp.full((), StopReason.NOT_STOPPED, jnp.int32)
@@ -196,8 +216,9 @@ def stop_when(
     if gtol is not None:
       reason = fire(reason, inputs_finite & (grad_norm <= gtol), StopReason.GTOL)
     if rtol is not None:
-      reason = fire(reason, inputs_finite & (grad_norm <= rtol * initial_grad_norm),
-                    StopReason.RTOL)
+      reason = fire(
+        reason, inputs_finite & (grad_norm <= rtol * initial_grad_norm), StopReason.RTOL
+      )
     if ftol is not None and has_value:
       scale = jnp.maximum(jnp.maximum(jnp.abs(f), jnp.abs(state.last_value)), 1.0)
       change_small = jnp.abs(f - state.last_value) <= ftol * scale
@@ -212,23 +233,28 @@ def stop_when(
       best_validation = jnp.where(val_improved, val, state.best_validation)
       steps_since_val = jnp.where(val_improved, 0, state.steps_since_validation_improvement + 1)
       if validation_patience is not None:
-        reason = fire(reason, steps_since_val >= validation_patience,
-                      StopReason.VALIDATION_PATIENCE)
+        reason = fire(
+          reason, steps_since_val >= validation_patience, StopReason.VALIDATION_PATIENCE
+        )
     else:
       best_validation = state.best_validation
       steps_since_val = state.steps_since_validation_improvement
     if max_steps is not None:
       reason = fire(reason, state.count >= max_steps, StopReason.MAX_STEPS)
     if min_learning_rate is not None:
-      lr = jnp.min(jnp.concatenate(
-          [jnp.ravel(jnp.asarray(v, dtype)) for v in _learning_rates(state.inner_state)]))
+      lr = jnp.min(
+        jnp.concatenate(
+          [jnp.ravel(jnp.asarray(v, dtype)) for v in _learning_rates(state.inner_state)]
+        )
+      )
       reason = fire(reason, lr < min_learning_rate, StopReason.MIN_LEARNING_RATE)
     stop_now = reason != StopReason.NOT_STOPPED
 
     if validation_loss is not None:
       extra_args["validation_loss"] = validation_loss
-    inner_updates, inner_state = inner.update(updates, state.inner_state, params, value=value,
-                                              **extra_args)
+    inner_updates, inner_state = inner.update(
+      updates, state.inner_state, params, value=value, **extra_args
+    )
     inner_updates = jax.tree.map(lambda u, g: u.astype(g.dtype), inner_updates, updates)
     (update_sq,) = numerics.sums(lambda u: (u * u,), inner_updates, dtype=dtype)
     update_norm = jnp.sqrt(update_sq).astype(dtype)
@@ -246,22 +272,24 @@ def stop_when(
     keep = lambda new, old: jnp.where(state.stop, old, new)
     take_finite = lambda new, old: jnp.where(state.stop | ~inputs_finite, old, new)
     new_state = StopWhenState(
-        inner_state=new_inner_state,
-        stop=state.stop | stop,
-        reason=keep(reason, state.reason),
-        count=state.count + apply.astype(jnp.int32),
-        grad_norm=keep(grad_norm, state.grad_norm),
-        initial_grad_norm=keep(initial_grad_norm, state.initial_grad_norm),
-        update_norm=jnp.where(apply, update_norm, state.update_norm),
-        last_value=take_finite(f, state.last_value) if has_value else state.last_value,
-        best_value=jnp.where(~state.stop & improved, f, state.best_value),
-        steps_since_improvement=keep(steps_since_improvement, state.steps_since_improvement),
-        nonfinite_count=keep(nonfinite_count, state.nonfinite_count),
-        total_nonfinite=keep(state.total_nonfinite + (~finite).astype(jnp.int32),
-                             state.total_nonfinite),
-        best_validation=keep(best_validation, state.best_validation),
-        steps_since_validation_improvement=keep(steps_since_val,
-                                                state.steps_since_validation_improvement),
+      inner_state=new_inner_state,
+      stop=state.stop | stop,
+      reason=keep(reason, state.reason),
+      count=state.count + apply.astype(jnp.int32),
+      grad_norm=keep(grad_norm, state.grad_norm),
+      initial_grad_norm=keep(initial_grad_norm, state.initial_grad_norm),
+      update_norm=jnp.where(apply, update_norm, state.update_norm),
+      last_value=take_finite(f, state.last_value) if has_value else state.last_value,
+      best_value=jnp.where(~state.stop & improved, f, state.best_value),
+      steps_since_improvement=keep(steps_since_improvement, state.steps_since_improvement),
+      nonfinite_count=keep(nonfinite_count, state.nonfinite_count),
+      total_nonfinite=keep(
+        state.total_nonfinite + (~finite).astype(jnp.int32), state.total_nonfinite
+      ),
+      best_validation=keep(best_validation, state.best_validation),
+      steps_since_validation_improvement=keep(
+        steps_since_val, state.steps_since_validation_improvement
+      ),
     )
     return new_updates, new_state
 
@@ -269,11 +297,16 @@ def stop_when(
 
 
 def _stop_states(state) -> list:
-  found = [s for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, StopWhenState))
-           if isinstance(s, StopWhenState)]
+  found = [
+    s
+    for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, StopWhenState))
+    if isinstance(s, StopWhenState)
+  ]
   if not found:
-    raise ValueError("state contains no stop_when state; wrap the optimizer with "
-                     "nag_optax.stop_when(...) (auto_nag() already is).")
+    raise ValueError(
+      "state contains no stop_when state; wrap the optimizer with "
+      "nag_optax.stop_when(...) (auto_nag() already is)."
+    )
   return found
 
 
@@ -301,7 +334,7 @@ def should_stop(state) -> jax.Array:
     >>> bool(nag_optax.should_stop(state))
     False
   """
-  return _unwrap(_stop_states(state)[0].stop)
+  return jnp.asarray(_unwrap(_stop_states(state)[0].stop))
 
 
 def stop_reason(state):
