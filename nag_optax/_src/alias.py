@@ -89,7 +89,7 @@ def auto_nag(
   restart: Optional[Literal["gradient", "speed", "function"]] = "gradient",
   accumulator_dtype: Optional[jax.typing.DTypeLike] = None,
   gtol: Optional[float] = None,
-  rtol: Optional[float] = 1e-6,
+  rtol: Optional[float] = stopping.DEFAULT_RTOL,
   ftol: Optional[float] = None,
   xtol: Optional[float] = None,
   max_steps: Optional[int] = None,

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from nag_optax._src import alias
 from nag_optax._src import numerics
 from nag_optax._src import stopping
 from nag_optax._src import validation
@@ -50,7 +51,7 @@ class Solution(NamedTuple):
 def _has_stop_state(optimizer, params) -> bool:
   state = jax.eval_shape(optimizer.init, params)
   try:
-    stopping._stop_states(state)
+    stopping.stop_states(state)
     return True
   except ValueError:
     return False
@@ -154,7 +155,7 @@ def minimize(
       params,
       rtol
       if rtol is not None
-      else (None if any(t is not None for t in (gtol, ftol, xtol)) else 1e-6),
+      else (None if any(t is not None for t in (gtol, ftol, xtol)) else stopping.DEFAULT_RTOL),
       "rtol",
     )
   key = (fun, optimizer, has_aux, max_steps, gtol, rtol, ftol, xtol, callback, callback_every)
@@ -207,8 +208,6 @@ def _compiled_loop(
   tolerances = dict(gtol=gtol, rtol=rtol, ftol=ftol, xtol=xtol)
   given = {k: v for k, v in tolerances.items() if v is not None}
   if optimizer is None:
-    from nag_optax._src import alias
-
     # Tolerances given here replace auto_nag's default rtol rather than adding to it.
     optimizer = alias.auto_nag(**{"rtol": None, **given}) if given else alias.auto_nag()
     given = {}
@@ -271,7 +270,7 @@ def _loop(fun, optimizer, params, args, has_aux, max_steps, callback, callback_e
   state = optimizer.init(params)
   carry0 = (jnp.zeros((), jnp.int32), params, state, params)
   iterations, params, state, last_good = jax.lax.while_loop(cond, body, carry0)
-  stop_state = stopping._stop_states(state)[0]
+  stop_state = stopping.stop_states(state)[0]
   reason = jnp.where(
     stop_state.reason == stopping.StopReason.NOT_STOPPED,
     jnp.int32(stopping.StopReason.MAX_STEPS),

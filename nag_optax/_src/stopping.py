@@ -14,6 +14,11 @@ from nag_optax._src import numerics
 from nag_optax._src import validation
 
 
+# The default relative gradient tolerance of the full-batch solvers (``auto_nag`` and
+# ``minimize``): stop at ``||g|| <= DEFAULT_RTOL ||g_0||``.
+DEFAULT_RTOL = 1e-6
+
+
 class StopReason(enum.IntEnum):
   """Why the stopping signal fired. Stored as an int32 code in ``StopWhenState.reason``."""
 
@@ -296,7 +301,8 @@ def stop_when(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _stop_states(state) -> list:
+def stop_states(state) -> list:
+  """Every ``stop_when`` state in ``state`` (outermost first); a ValueError if there is none."""
   found = [
     s
     for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, StopWhenState))
@@ -334,7 +340,7 @@ def should_stop(state) -> jax.Array:
     >>> bool(nag_optax.should_stop(state))
     False
   """
-  return jnp.asarray(_unwrap(_stop_states(state)[0].stop))
+  return jnp.asarray(_unwrap(stop_states(state)[0].stop))
 
 
 def stop_reason(state):
@@ -348,7 +354,7 @@ def stop_reason(state):
     >>> nag_optax.stop_reason(state)
     <StopReason.MAX_STEPS: 5>
   """
-  return reasons_from_codes(_unwrap(_stop_states(state)[0].reason))
+  return reasons_from_codes(_unwrap(stop_states(state)[0].reason))
 
 
 def reasons_from_codes(codes):
