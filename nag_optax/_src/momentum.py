@@ -160,7 +160,7 @@ def nesterov(
       b = momentum_from_condition_number(condition_number)
     b = jnp.asarray(b).astype(dtype)
 
-    u = numerics.cast(updates, accumulator_dtype)
+    u = optax.tree.cast(updates, accumulator_dtype)
 
     def accumulate(trace, u, momentum):
       return jax.tree.map(lambda m, x: momentum.astype(m.dtype) * m + x.astype(m.dtype), trace, u)

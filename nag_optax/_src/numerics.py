@@ -4,7 +4,7 @@ Optax's ``optax.tree.scale`` multiplies by a raw scalar, so a float64 scalar (th
 state's precision under ``jax_enable_x64``) would promote float32 or bfloat16 leaves.
 Every scalar-times-tree product in this package goes through :func:`scale` so that
 updates keep the dtype of the incoming updates, and every reduction through
-:func:`norm` / :func:`vdot`, which accumulate in at least float32.
+:func:`norm` / :func:`vdot` / :func:`sums`, which accumulate in at least float32.
 """
 
 import functools
@@ -14,7 +14,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 
 
 def scalar_dtype(tree: Any) -> jnp.dtype:
@@ -89,8 +88,3 @@ def all_finite(tree: Any) -> jax.Array:
   if not leaves:
     return jnp.asarray(True)
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
-
-
-def cast(tree: Any, dtype: Any) -> Any:
-  """``optax.tree.cast`` that leaves the tree alone when ``dtype`` is None."""
-  return optax.tree.cast(tree, dtype) if dtype is not None else tree
