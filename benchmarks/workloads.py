@@ -42,7 +42,7 @@ from benchmarks import workloads_core as core
 SETTINGS = {
   "smoke": dict(
     seeds=1,
-    grid=3,
+    grid="short",
     evals=10,
     budgets=dict(digits_mlp=40, digits_cnn=20, mnist1d_cnn=40, mnist1d_resnet=20, stdlib_lm=20),
     robust=("digits_mlp",),
@@ -50,7 +50,7 @@ SETTINGS = {
   ),
   "quick": dict(
     seeds=1,
-    grid=3,
+    grid="short",
     evals=10,
     budgets=dict(digits_mlp=300, digits_cnn=100, mnist1d_cnn=300, mnist1d_resnet=120, stdlib_lm=60),
     robust=("digits_mlp",),
@@ -58,7 +58,7 @@ SETTINGS = {
   ),
   "full": dict(
     seeds=3,
-    grid=5,
+    grid="long",
     evals=40,
     budgets=dict(
       digits_mlp=1000, digits_cnn=600, mnist1d_cnn=1200, mnist1d_resnet=800, stdlib_lm=600
@@ -71,8 +71,10 @@ SETTINGS = {
 # passes buy little on these tiny kernels.
 COMPILER_OPTIONS = {"xla_llvm_disable_expensive_passes": True}
 SELF_TUNING_FACTOR = 1.5
-ADAM_GRID = {5: (3e-4, 1e-3, 3e-3, 1e-2, 3e-2), 3: (1e-3, 3e-3, 1e-2)}
-SGD_GRID = {5: (0.01, 0.03, 0.1, 0.3, 1.0), 3: (0.03, 0.1, 0.3)}
+# The long Adam grid reaches 0.1: with 0.03 at its top, the tuned Adam-type baselines chose the
+# edge on the two CNNs, so their targets could be understated.
+ADAM_GRID = {"long": (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1), "short": (1e-3, 3e-3, 1e-2)}
+SGD_GRID = {"long": (0.01, 0.03, 0.1, 0.3, 1.0), "short": (0.03, 0.1, 0.3)}
 WARMUP_FRACTION = 0.05
 ROBUST_LRS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 STOP_PATIENCE_FRACTION = 0.2
