@@ -16,8 +16,9 @@ def main(names):
   for name in names or sorted(p.name for p in HERE.glob("*.ipynb")):
     path = HERE / name
     nb = nbformat.read(path, as_version=4)
-    nbclient.NotebookClient(nb, timeout=1200, kernel_name="python3",
-                            resources={"metadata": {"path": str(HERE)}}).execute()
+    nbclient.NotebookClient(
+      nb, timeout=1200, kernel_name="python3", resources={"metadata": {"path": str(HERE)}}
+    ).execute()
     nbformat.write(nb, path)
     print(f"executed {name}")
 
