@@ -86,20 +86,20 @@ def host(fn, *args):
 
 def step_cost_params(method, params):
   """The params after ``STEPS`` steps of the step-cost suite's jitted step for ``method``."""
-  from benchmarks import step_cost  # pylint: disable=g-import-not-at-top
+  from benchmarks import step_cost
 
   return step_cost.run_steps(method, params, STEPS)
 
 
 def minimize_problem() -> dict:
-  from benchmarks import logistic  # pylint: disable=g-import-not-at-top
+  from benchmarks import logistic
 
   d = logistic.problem_data(logistic.load("breast_cancer", 1e-2))
   return {k: np.asarray(d[k], np.float32) for k in ("features", "labels", "lam", "x0")}
 
 
 def minimize_run(d) -> dict:
-  from benchmarks import logistic  # pylint: disable=g-import-not-at-top
+  from benchmarks import logistic
 
   solution = nag_optax.minimize(
     logistic.loss,
@@ -114,7 +114,7 @@ def minimize_run(d) -> dict:
 
 
 def training_inputs():
-  from benchmarks import workloads_core as core  # pylint: disable=g-import-not-at-top
+  from benchmarks import workloads_core as core
 
   wl = core.digits_mlp()
   _, params = wl.init_params(0)
@@ -122,7 +122,7 @@ def training_inputs():
 
 
 def training_run(wl, params, batches) -> dict:
-  from benchmarks import workloads_core as core  # pylint: disable=g-import-not-at-top
+  from benchmarks import workloads_core as core
 
   train = jax.jit(core.make_trainer(wl, nag_optax.auto_nag_sgd, TRAIN_BLOCKS, TRAIN_EVAL_EVERY))
   return train(params, batches)
@@ -149,7 +149,7 @@ class Checks:
 
 
 def check_step_cost(checks: Checks, device, methods=None) -> None:
-  from benchmarks import step_cost  # pylint: disable=g-import-not-at-top
+  from benchmarks import step_cost
 
   cpu = jax.devices("cpu")[0]
   params = host(step_cost.make_params)
@@ -207,9 +207,9 @@ def find_device(name: str):
 
 
 def run_suite(out: str) -> None:
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-  from benchmarks import report  # pylint: disable=g-import-not-at-top
-  from benchmarks import step_cost  # pylint: disable=g-import-not-at-top
+  from tqdm import tqdm
+  from benchmarks import report
+  from benchmarks import step_cost
 
   with tqdm(total=0, desc="step_cost", unit="run", file=sys.stderr) as progress:
     suite = step_cost.run("quick", progress)

@@ -68,8 +68,8 @@ class Problem:
 
 
 def load(dataset: str, lam: float) -> Problem:
-  from sklearn import datasets  # pylint: disable=g-import-not-at-top
-  from sklearn import preprocessing  # pylint: disable=g-import-not-at-top
+  from sklearn import datasets
+  from sklearn import preprocessing
 
   x, y = getattr(datasets, f"load_{dataset}")(return_X_y=True)
   x = preprocessing.StandardScaler().fit_transform(x.astype(np.float64))
@@ -166,7 +166,7 @@ def _fista_solver(d, learning_rate):
   each trial step s, s d, s d^2, ... (d = decrease factor) and stores the accepted one divided by d,
   so the trials of an iteration are 1 + log(s_start / s_accepted) / log(1/d)."""
   del learning_rate
-  import jaxopt  # pylint: disable=g-import-not-at-top
+  import jaxopt
 
   fun, metric = _objective(d)
   solver = jaxopt.ProximalGradient(

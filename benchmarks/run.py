@@ -37,7 +37,7 @@ def _cpu_name() -> str:
 
 
 def environment() -> str:
-  import optax  # pylint: disable=g-import-not-at-top
+  import optax
 
   return (
     f"{_cpu_name()}, {os.cpu_count()} CPU cores, {jax.default_backend()} backend; "
@@ -127,8 +127,8 @@ def main(argv=None) -> None:
   args = parse_args(argv)
   jax.config.update("jax_enable_x64", True)
   # Imported after x64 is on, so module-level arrays get float64.
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-  from benchmarks import report  # pylint: disable=g-import-not-at-top
+  from tqdm import tqdm
+  from benchmarks import report
 
   start = time.perf_counter()
   env = environment()

@@ -826,7 +826,7 @@ def _run_parallel(names, settings, mode, progress, timer) -> dict:
             progress.update(value)
           else:
             progress.set_postfix_str(value)
-        except Exception:  # pylint: disable=broad-except  # queue.Empty
+        except Exception:  # queue.Empty
           pass
         done = {f for f in pending if f.done()}
         for f in done:

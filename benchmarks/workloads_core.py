@@ -31,8 +31,8 @@ import nag_optax
 
 def load_digits_splits():
   """digits, pixels / 16, shape (n, 8, 8, 1): 60/20/20 stratified, ``random_state=1``."""
-  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
-  from sklearn.model_selection import train_test_split  # pylint: disable=g-import-not-at-top
+  from sklearn.datasets import load_digits
+  from sklearn.model_selection import train_test_split
 
   data = load_digits()
   x = (data.images / 16.0).astype(np.float32)[..., None]
@@ -55,7 +55,7 @@ def load_mnist1d_splits(num_samples: int = MNIST1D_SAMPLES):
   ``num_samples`` (default 8000, the package's default is 5000) are split 80/20 by the package
   into train and test; the last ``MNIST1D_VALIDATION`` of its train part are the validation split.
   """
-  from mnist1d.data import get_dataset_args, make_dataset  # pylint: disable=g-import-not-at-top
+  from mnist1d.data import get_dataset_args, make_dataset
 
   args = get_dataset_args()
   args.num_samples = num_samples

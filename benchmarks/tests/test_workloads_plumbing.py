@@ -112,7 +112,7 @@ def _tiny_stdlib(tmp_path):
 
 
 def test_corpus_file_list_is_sorted_and_excludes_tests(tmp_path):
-  from benchmarks import workloads_core as core  # pylint: disable=g-import-not-at-top
+  from benchmarks import workloads_core as core
 
   root = _tiny_stdlib(tmp_path)
   assert core.stdlib_files(root) == ["a.py", "b.py", "pkg/c.py"]
@@ -120,7 +120,7 @@ def test_corpus_file_list_is_sorted_and_excludes_tests(tmp_path):
 
 
 def test_corpus_sha_is_hashlib_sha_of_the_concatenation(tmp_path):
-  from benchmarks import workloads_core as core  # pylint: disable=g-import-not-at-top
+  from benchmarks import workloads_core as core
 
   root = _tiny_stdlib(tmp_path)
   corpus, sha, files = core.build_corpus(root, num_chars=10)
@@ -132,7 +132,7 @@ def test_corpus_sha_is_hashlib_sha_of_the_concatenation(tmp_path):
 
 
 def test_real_stdlib_file_list_is_deterministic():
-  from benchmarks import workloads_core as core  # pylint: disable=g-import-not-at-top
+  from benchmarks import workloads_core as core
 
   files = core.stdlib_files()
   assert files == sorted(files) and files
@@ -141,11 +141,11 @@ def test_real_stdlib_file_list_is_deterministic():
 
 @pytest.mark.parametrize("name", ["digits_mlp", "stdlib_lm"])
 def test_trainer_smoke(name):
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
-  import nag_optax  # pylint: disable=g-import-not-at-top
-  from benchmarks import workloads_core as core  # pylint: disable=g-import-not-at-top
+  import jax
+  import jax.numpy as jnp
+  import optax
+  import nag_optax
+  from benchmarks import workloads_core as core
 
   wl = core.WORKLOADS[name]()
   _, params = wl.init_params(0)
@@ -174,8 +174,8 @@ def test_trainer_smoke(name):
 
 
 def test_suite_lists_the_nag_optax_optimizers():
-  from benchmarks import workloads  # pylint: disable=g-import-not-at-top
-  import nag_optax  # pylint: disable=g-import-not-at-top
+  from benchmarks import workloads
+  import nag_optax
 
   names = list(workloads.nag_factories())
   assert workloads.AUTO_SGD in names and workloads.V01 in names
@@ -184,7 +184,7 @@ def test_suite_lists_the_nag_optax_optimizers():
 
 
 def test_results_md_replaces_only_the_sections_that_ran(tmp_path, monkeypatch):
-  from benchmarks import run  # pylint: disable=g-import-not-at-top
+  from benchmarks import run
 
   path = tmp_path / "RESULTS.md"
   monkeypatch.setattr(run, "RESULTS_PATH", str(path))
