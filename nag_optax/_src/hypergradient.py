@@ -282,17 +282,16 @@ class ScaleByHypergradientState(NamedTuple):
 
 
 def _leaf_sums(a, b, dtype):
-  """Per leaf: (<a, b>, ||a||^2, ||b||^2), in tree-leaf order.
+  """Per leaf: trees of the scalars ``<a, b>``, ``||a||^2`` and ``||b||^2``.
 
   Elementwise products and full reductions (no reshape), so sharded leaves reduce across
   devices without being gathered.
   """
-  dots, aa, bb = [], [], []
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    x, y = x.astype(dtype), y.astype(dtype)
-    dots.append(jnp.sum(x * y))
-    aa.append(jnp.sum(x * x))
-    bb.append(jnp.sum(y * y))
+  a = optax.tree.cast(a, dtype)
+  b = optax.tree.cast(b, dtype)
+  dots = jax.tree.map(lambda x, y: jnp.sum(x * y), a, b)
+  aa = jax.tree.map(lambda x: jnp.sum(x * x), a)
+  bb = jax.tree.map(lambda y: jnp.sum(y * y), b)
   return dots, aa, bb
 
 
@@ -452,45 +451,50 @@ def scale_by_hypergradient(
         "the difference of successive params."
       )
     dtype = state.learning_rate.dtype
-    treedef = jax.tree.structure(updates)
-    rates = jax.tree.leaves(state.leaf_learning_rates)
-    warming = jax.tree.leaves(state.warming_up)
+    rates = state.leaf_learning_rates
     finite = numerics.all_finite(updates)
     # Everything below reads gs = g / max|g| (two multiplications by 1/sqrt(max|g|), whose
     # reciprocal stays a normal float), so no norm overflows for huge finite gradients; the
     # cosines and the cap are scale-free in g.
-    gmax = jnp.max(jnp.stack([jnp.max(jnp.abs(g)).astype(dtype) for g in jax.tree.leaves(updates)]))
+    gmax = jnp.asarray(optax.tree.max(jax.tree.map(lambda g: jnp.max(jnp.abs(g)), updates)), dtype)
     gmax = jnp.where(finite & (gmax > 0), gmax, 1.0)
     rsq = jax.lax.rsqrt(gmax)
     scaled = jax.tree.map(lambda g: g.astype(dtype) * rsq * rsq, updates)
     step = jax.tree.map(lambda p, q: p - q, params, state.prev_params)
     dots, gg, dd = _leaf_sums(scaled, step, dtype)
     use = finite & (state.count > 0)
-    global_cos = jnp.where(use, -_cos(sum(dots), sum(gg), sum(dd)), 0.0)
+    global_cos = jnp.where(
+      use, -_cos(optax.tree.sum(dots), optax.tree.sum(gg), optax.tree.sum(dd)), 0.0
+    )
     if per_leaf:
-      cosines = [jnp.where(use, -_cos(*t), 0.0) for t in zip(dots, gg, dd)]
+      cosines = jax.tree.map(lambda *t: jnp.where(use, -_cos(*t), 0.0), dots, gg, dd)
     else:
-      cosines = [global_cos] * len(rates)
+      cosines = jax.tree.map(lambda _: global_cos, rates)
 
     # The first update has no previous step (c = 0); the warm-up ends at the first c <= 0 after.
-    warming = [w & ((c > 0) | (state.count < 1)) for w, c in zip(warming, cosines)]
-    new_rates = [eta * (1.0 + hypergradient_rate * c) for eta, c in zip(rates, cosines)]
+    warming = jax.tree.map(
+      lambda w, c: w & ((c > 0) | (state.count < 1)), state.warming_up, cosines
+    )
+    new_rates = jax.tree.map(lambda eta, c: eta * (1.0 + hypergradient_rate * c), rates, cosines)
     if warmup_growth is not None:
-      new_rates = [
-        jnp.where(w & (c > 0), eta * warmup_growth, new)
-        for w, c, eta, new in zip(warming, cosines, rates, new_rates)
-      ]
+      new_rates = jax.tree.map(
+        lambda w, c, eta, new: jnp.where(w & (c > 0), eta * warmup_growth, new),
+        warming,
+        cosines,
+        rates,
+        new_rates,
+      )
 
     scale = state.plateau_scale
     new_scale, plateau_state = _feed_plateau(plateau, state.plateau, scale, value, finite, dtype)
     if plateau is not None and value is not None:
-      ratio = jnp.where(scale > 0, new_scale / jnp.where(scale > 0, scale, 1.0), 1.0)
-      new_rates = [eta * ratio for eta in new_rates]
+      ratio = numerics.safe_div(new_scale, scale, default=1.0)
+      new_rates = jax.tree.map(lambda eta: eta * ratio, new_rates)
     scale = new_scale
     high = jnp.maximum(upper * scale, lower)
-    new_rates = [jnp.clip(eta, lower, high) for eta in new_rates]
+    new_rates = jax.tree.map(lambda eta: jnp.clip(eta, lower, high), new_rates)
     # A non-finite gradient leaves every rate as it was.
-    new_rates = [jnp.where(finite, new, old) for new, old in zip(new_rates, rates)]
+    new_rates = optax.tree.where(finite, new_rates, rates)
 
     # The cap applies to the emitted step: ||u|| <= rho ||x||. With ||u|| = gmax * s and
     # s = ||eta gs||, the step is u = -(eta k) gs with k = min(gmax, rho ||x|| / s): k = gmax
@@ -498,31 +502,31 @@ def scale_by_hypergradient(
     # warm-up (it tames a wild initial guess and stops the doubling); later the stored rate
     # follows the cap down by at most a factor 2 per step, so one outlier minibatch does not
     # collapse it while a cap that keeps binding still brings it down within a few steps.
-    step_norm = lambda rates: jnp.sqrt(sum(jnp.square(eta) * g2 for eta, g2 in zip(rates, gg)))
+    def step_norm(rates):
+      return jnp.sqrt(optax.tree.sum(jax.tree.map(lambda eta, g2: jnp.square(eta) * g2, rates, gg)))
+
     s_norm = step_norm(new_rates)
-    gnorm_scaled = jnp.sqrt(sum(gg))
+    gnorm_scaled = jnp.sqrt(optax.tree.sum(gg))
     if max_relative_step is not None:
       pnorm = jnp.maximum(numerics.norm(params, dtype), 1e-3)
       k = jnp.minimum(gmax, max_relative_step * pnorm / jnp.where(s_norm > 0, s_norm, 1.0))
       k = jnp.where(finite, k, gmax)
-      multipliers = [eta * k for eta in new_rates]
-      emitted = [eta * (k / gmax) for eta in new_rates]  # may underflow only for |g| ~ 1e38
-      new_rates = [
-        jnp.maximum(jnp.where((state.count < 1) | w, e, jnp.maximum(e, 0.5 * eta)), lower)
-        for w, e, eta in zip(warming, emitted, new_rates)
-      ]
       new_updates = jax.tree.map(
-        lambda m, gs, g: (-m * gs).astype(g.dtype),
-        jax.tree.unflatten(treedef, multipliers),
-        scaled,
-        updates,
+        lambda eta, gs, g: (-(eta * k) * gs).astype(g.dtype), new_rates, scaled, updates
+      )
+      emitted = jax.tree.map(lambda eta: eta * (k / gmax), new_rates)  # underflows at |g| ~ 1e38
+      new_rates = jax.tree.map(
+        lambda w, e, eta: jnp.maximum(
+          jnp.where((state.count < 1) | w, e, jnp.maximum(e, 0.5 * eta)), lower
+        ),
+        warming,
+        emitted,
+        new_rates,
       )
       s_norm = step_norm(new_rates)
     else:
       new_updates = jax.tree.map(
-        lambda eta, g: (-eta * g.astype(dtype)).astype(g.dtype),
-        jax.tree.unflatten(treedef, new_rates),
-        updates,
+        lambda eta, g: (-eta * g.astype(dtype)).astype(g.dtype), new_rates, updates
       )
     # The adapted (stored) rate over all leaves, ||eta g|| / ||g||: the rate itself without
     # per_leaf. A one-step clip by the cap is not a decayed rate, so it is not reported here.
@@ -534,8 +538,8 @@ def scale_by_hypergradient(
       learning_rate=effective.astype(dtype),
       hypergradient=global_cos.astype(dtype),
       plateau_scale=scale.astype(dtype),
-      leaf_learning_rates=jax.tree.unflatten(treedef, [e.astype(dtype) for e in new_rates]),
-      warming_up=jax.tree.unflatten(treedef, warming),
+      leaf_learning_rates=optax.tree.cast(new_rates, dtype),
+      warming_up=warming,
       prev_params=params,
       plateau=plateau_state,
     )
