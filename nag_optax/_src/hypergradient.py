@@ -297,9 +297,7 @@ def _leaf_sums(a, b, dtype):
 
 def _cos(dot, aa, bb):
   """dot / sqrt(aa bb) clipped to [-1, 1], or 0 where either norm is zero or it is not finite."""
-  denom = jnp.sqrt(aa) * jnp.sqrt(bb)
-  cos = dot / jnp.where(denom > 0, denom, 1.0)
-  return jnp.where((denom > 0) & jnp.isfinite(cos), jnp.clip(cos, -1.0, 1.0), 0.0)
+  return jnp.clip(numerics.safe_div(dot, jnp.sqrt(aa) * jnp.sqrt(bb)), -1.0, 1.0)
 
 
 def scale_by_hypergradient(
@@ -509,7 +507,8 @@ def scale_by_hypergradient(
     gnorm_scaled = jnp.sqrt(optax.tree.sum(gg))
     if max_relative_step is not None:
       pnorm = jnp.maximum(numerics.norm(params, dtype), 1e-3)
-      k = jnp.minimum(gmax, max_relative_step * pnorm / jnp.where(s_norm > 0, s_norm, 1.0))
+      bound = max_relative_step * pnorm
+      k = jnp.minimum(gmax, numerics.safe_div(bound, s_norm, default=bound))
       k = jnp.where(finite, k, gmax)
       new_updates = jax.tree.map(
         lambda eta, gs, g: (-(eta * k) * gs).astype(g.dtype), new_rates, scaled, updates
@@ -530,7 +529,7 @@ def scale_by_hypergradient(
       )
     # The adapted (stored) rate over all leaves, ||eta g|| / ||g||: the rate itself without
     # per_leaf. A one-step clip by the cap is not a decayed rate, so it is not reported here.
-    effective_now = s_norm / jnp.where(gnorm_scaled > 0, gnorm_scaled, 1.0)
+    effective_now = numerics.safe_div(s_norm, gnorm_scaled)
     effective = jnp.where(finite & (gnorm_scaled > 0), effective_now, state.learning_rate)
 
     new_state = ScaleByHypergradientState(

@@ -73,7 +73,9 @@ def sums(
   return tuple(functools.reduce(operator.add, column).astype(dtype) for column in zip(*per_leaf))
 
 
-def safe_div(numerator: jax.Array, denominator: jax.Array, default: Any = 0.0) -> jax.Array:
+def safe_div(
+  numerator: jax.typing.ArrayLike, denominator: jax.Array, default: jax.typing.ArrayLike = 0.0
+) -> jax.Array:
   """``numerator / denominator``, or ``default`` where the denominator is not positive or the
   quotient is not finite."""
   quotient = numerator / jnp.where(denominator > 0, denominator, jnp.ones_like(denominator))

@@ -35,18 +35,18 @@ def _secant_curvature(params, prev_params, grad, prev_grad, dtype, estimate="sec
   ``||g_k - g_{k-1}||^2 / <g_k - g_{k-1}, y_k - y_{k-1}>``, which is at least the secant
   (Cauchy-Schwarz) and at most L for a convex function with L-Lipschitz gradient (co-coercivity,
   ``<dg, dy> >= ||dg||^2 / L``); where ``<dg, dy> <= 0`` (no convexity along the segment) it falls
-  back to the secant. 0 where the points coincide or the estimate is not finite.
+  back to the secant, as where that quotient is not finite. 0 where the points coincide or the
+  secant is not finite.
   """
   dy = jax.tree.map(lambda a, b: a - b, params, prev_params)
   dg = jax.tree.map(lambda a, b: a - b, grad, prev_grad)
   ds = numerics.norm(dy, dtype)
   dgn = numerics.norm(dg, dtype)
-  est = dgn / jnp.where(ds > 0, ds, 1.0)
+  est = numerics.safe_div(dgn, ds)
   if estimate == "cocoercive":
-    inner = numerics.vdot(dg, dy, dtype)
-    cocoercive = jnp.square(dgn) / jnp.where(inner > 0, inner, 1.0)
-    est = jnp.where(inner > 0, jnp.maximum(est, cocoercive), est)
-  return jnp.where((ds > 0) & jnp.isfinite(est), est, 0.0)
+    # 0 (so the secant stands) where <dg, dy> <= 0 or the quotient is not finite.
+    est = jnp.maximum(est, numerics.safe_div(jnp.square(dgn), numerics.vdot(dg, dy, dtype)))
+  return est
 
 
 def _initial_step(initial_step, params, grad, dtype):
@@ -55,7 +55,8 @@ def _initial_step(initial_step, params, grad, dtype):
     return jnp.asarray(initial_step, dtype)
   gnorm = numerics.norm(grad, dtype)
   pnorm = numerics.norm(params, dtype)
-  probe = 1e-4 * jnp.maximum(pnorm, 1.0) / jnp.where(gnorm > 0, gnorm, 1.0)
+  length = 1e-4 * jnp.maximum(pnorm, 1.0)
+  probe = numerics.safe_div(length, gnorm, default=length)
   return probe.astype(dtype)
 
 
@@ -177,7 +178,7 @@ def scale_by_curvature(
     curvature = jnp.where(first, 0.0, jnp.maximum(base, secant))
     step = jnp.where(
       curvature > 0,
-      safety / jnp.where(curvature > 0, curvature, 1.0),
+      numerics.safe_div(safety, curvature),
       jnp.where(first, _initial_step(initial_step, params, updates, dtype), state.learning_rate),
     )
     accepted, evals = jnp.asarray(True), jnp.zeros((), jnp.int32)
