@@ -215,15 +215,7 @@ METHODS = (
     lambda d, lr: nag_optax.auto_nag(rtol=None),
     pass_extra_args=False,
   ),
-  methods.Method(
-    "optax.sgd(nesterov=True) 0.9, best of lr grid",
-    lambda d, lr: optax.sgd(lr, 0.9, nesterov=True),
-    needs="tuning",
-    grid=SGD_GRID,
-  ),
-  methods.Method(
-    "optax.adam, best of lr grid", lambda d, lr: optax.adam(lr), needs="tuning", grid=ADAM_GRID
-  ),
+  *methods.tuned_baselines(SGD_GRID, ADAM_GRID),
   methods.Method(
     LBFGS_NAME, lambda d, lr: optax.lbfgs(), needs="f values", value_from_linesearch=True
   ),

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import nag_optax
+import optax
 from benchmarks import loop
 from benchmarks import report
 
@@ -49,6 +50,25 @@ class Method:
   @property
   def available(self) -> bool:
     return self.requires is None or hasattr(nag_optax, self.requires)
+
+
+def tuned_baselines(sgd_grid: Sequence[float], adam_grid: Sequence[float]) -> list:
+  """The tuned full-batch baselines both convex suites run: sgd-nesterov and adam, each the best
+  lane of its learning-rate grid."""
+  return [
+    Method(
+      "optax.sgd(nesterov=True) 0.9, best of lr grid",
+      lambda _, lr: optax.sgd(lr, 0.9, nesterov=True),
+      needs="tuning",
+      grid=tuple(sgd_grid),
+    ),
+    Method(
+      "optax.adam, best of lr grid",
+      lambda _, lr: optax.adam(lr),
+      needs="tuning",
+      grid=tuple(adam_grid),
+    ),
+  ]
 
 
 def solver(method: Method, objective: Callable[[Any], tuple]) -> Callable[[Any, Any], Any]:

@@ -59,15 +59,7 @@ METHODS = (
     lambda p, lr: nag_optax.nag(1.0 / p["lipschitz"], schedule="convex", restart="gradient"),
     needs="L",
   ),
-  methods.Method(
-    "optax.sgd(nesterov=True) 0.9, best of lr grid",
-    lambda p, lr: optax.sgd(lr, 0.9, nesterov=True),
-    needs="tuning",
-    grid=SGD_GRID,
-  ),
-  methods.Method(
-    "optax.adam, best of lr grid", lambda p, lr: optax.adam(lr), needs="tuning", grid=ADAM_GRID
-  ),
+  *methods.tuned_baselines(SGD_GRID, ADAM_GRID),
   methods.Method(
     "optax.lbfgs()", lambda p, lr: optax.lbfgs(), needs="f values", value_from_linesearch=True
   ),
