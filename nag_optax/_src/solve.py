@@ -83,7 +83,7 @@ def progress_bar(max_steps: int, **tqdm_kwargs: Any) -> ProgressBar:
     >>> sol = nag_optax.minimize(lambda x: jnp.sum(x ** 2), jnp.ones(3), callback=bar)
   """
   try:
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # pyright: ignore[reportMissingModuleSource] (no type stubs)
   except ImportError as e:
     raise ImportError("progress_bar needs tqdm: pip install tqdm") from e
   return ProgressBar(tqdm(total=max_steps, **tqdm_kwargs))
