@@ -177,8 +177,7 @@ def scale_by_distance(
       # The cap, read from x_0 (the params the estimate measures from).
       size = max(sum(x.size for x in jax.tree.leaves(params)), 1)
       acc = jnp.promote_types(dtype, jnp.float32)
-      (params_sq,) = numerics.sums(lambda p: (p * p,), params, dtype=acc)
-      rms_params = jnp.sqrt(params_sq / size)
+      rms_params = numerics.norm(params, acc) / jnp.sqrt(jnp.asarray(size, acc))
       cap = (max_relative_step * jnp.maximum(rms_params, 1e-3)).astype(dtype)
       d0 = jnp.minimum(d0, cap)
     return ScaleByDistanceState(
@@ -203,13 +202,13 @@ def scale_by_distance(
     acc = jnp.promote_types(dtype, jnp.float32)
     size = max(sum(x.size for x in jax.tree.leaves(params)), 1)
     d = state.distance
-    lam = (d * d).astype(acc)
+    lam = d * d
     # The global sums this step needs: sum g^2 (the default direction's mean square; finite iff
     # every g is), the estimate's <g, x_0 - x> and ||s_new||_1 = ||decay s + lam g||_1 (lam from
     # this step's d: a new d reaches the next step), written as decay ||s + (lam / decay) g||_1
     # so that it shares no subexpression with the state's s_new (a shared one is materialized).
     grad_sq, numerator_term, l1 = numerics.sums(
-      lambda g, p0, p, s_: (g * g, g * (p0 - p), jnp.abs(s_ + (lam / decay) * g)),
+      lambda g, p0, p, s_: (g * g, g * (p0 - p), jnp.abs(s_ + (lam / decay).astype(acc) * g)),
       updates,
       state.initial_params,
       params,
@@ -240,7 +239,6 @@ def scale_by_distance(
       lambda a, g: (-rate * a.astype(acc)).astype(g.dtype), dir_updates, updates
     )
 
-    lam = lam.astype(dtype)
     numerator = decay * state.numerator + lam * numerator_term.astype(dtype)
     grad_sum = jax.tree.map(
       lambda s_, g: (decay * s_ + lam * g).astype(s_.dtype), state.grad_sum, updates

@@ -33,22 +33,15 @@ def scale(scalar: Any, tree: Any) -> Any:
 
 def norm(tree: Any, dtype: Any = jnp.float32) -> jax.Array:
   """Global l2 norm over all leaves, accumulated in at least ``dtype``."""
-  leaves = jax.tree.leaves(tree)
-  if not leaves:
-    return jnp.zeros((), dtype)
   acc = jnp.promote_types(dtype, jnp.float32)
-  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(acc))) for x in leaves)).astype(dtype)
+  (square,) = sums(lambda x: (x * x,), tree, dtype=acc)
+  return jnp.sqrt(square).astype(dtype)
 
 
 def vdot(tree_x: Any, tree_y: Any, dtype: Any = jnp.float32) -> jax.Array:
   """Global inner product over all leaves, accumulated in at least ``dtype``."""
-  acc = jnp.promote_types(dtype, jnp.float32)
-  parts = jax.tree.leaves(
-    jax.tree.map(lambda x, y: jnp.sum(x.astype(acc) * y.astype(acc)), tree_x, tree_y)
-  )
-  if not parts:
-    return jnp.zeros((), dtype)
-  return functools.reduce(operator.add, parts).astype(dtype)
+  (dot,) = sums(lambda x, y: (x * y,), tree_x, tree_y, dtype=dtype)
+  return dot
 
 
 def sums(
@@ -63,6 +56,7 @@ def sums(
   terms, but the SPMD partitioner gathers the operands of a variadic reduction.
   """
   acc = jnp.promote_types(dtype, jnp.float32)
+  jax.tree.map(lambda *_: None, *trees)  # the trees' structures must match, as tree.map checks
   leaves = list(zip(*(jax.tree.leaves(t) for t in trees)))
   if not leaves:
     count = len(terms(*(jnp.zeros((), acc) for _ in trees)))

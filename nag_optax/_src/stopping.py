@@ -200,8 +200,7 @@ def stop_when(
 
   def update_fn(updates, state, params=None, *, value=None, validation_loss=None, **extra_args):
     dtype = state.grad_norm.dtype
-    (grad_sq,) = numerics.sums(lambda g: (g * g,), updates, dtype=dtype)
-    grad_norm = jnp.sqrt(grad_sq).astype(dtype)
+    grad_norm = numerics.norm(updates, dtype)
     has_value = value is not None
     f = jnp.asarray(value).astype(dtype) if has_value else jnp.zeros((), dtype)
     inputs_finite = jnp.isfinite(grad_norm)
@@ -261,8 +260,7 @@ def stop_when(
       updates, state.inner_state, params, value=value, **extra_args
     )
     inner_updates = jax.tree.map(lambda u, g: u.astype(g.dtype), inner_updates, updates)
-    (update_sq,) = numerics.sums(lambda u: (u * u,), inner_updates, dtype=dtype)
-    update_norm = jnp.sqrt(update_sq).astype(dtype)
+    update_norm = numerics.norm(inner_updates, dtype)
     finite = inputs_finite & jnp.isfinite(update_norm)
     apply = ~state.stop & ~stop_now & finite
 
