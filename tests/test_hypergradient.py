@@ -46,6 +46,21 @@ def _reference(x0, grad_fn, steps, *, lr0, beta, growth, rho, bounds, mu):
   return np.array(xs), np.array(etas), branches
 
 
+def _reference_chain(lr0, beta, growth, rho, bounds, mu, per_leaf=False):
+  """The transformation the reference loops write out, from their keyword arguments."""
+  return optax.chain(
+    nag_optax.scale_by_hypergradient(
+      lr0,
+      hypergradient_rate=beta,
+      warmup_growth=growth,
+      max_relative_step=rho,
+      learning_rate_bounds=bounds,
+      per_leaf=per_leaf,
+    ),
+    nag_optax.nesterov(mu),
+  )
+
+
 @pytest.mark.usefixtures("x64")
 def test_matches_reference_loop():
   diag = np.array([1.0, 4.0, 30.0, 200.0])
@@ -58,16 +73,7 @@ def test_matches_reference_loop():
     branches
   )
 
-  tx = optax.chain(
-    nag_optax.scale_by_hypergradient(
-      kwargs["lr0"],
-      hypergradient_rate=kwargs["beta"],
-      warmup_growth=kwargs["growth"],
-      max_relative_step=kwargs["rho"],
-      learning_rate_bounds=kwargs["bounds"],
-    ),
-    nag_optax.nesterov(kwargs["mu"]),
-  )
+  tx = _reference_chain(**kwargs)
   x = jnp.asarray(x0)
   state = tx.init(x)
   step = jax.jit(lambda x, s: tx.update(diag * (x - 1.0) + 0.3 * jnp.sin(x), s, x))
@@ -126,17 +132,7 @@ def test_per_leaf_matches_reference_loop():
   kwargs = dict(lr0=1e-4, beta=0.2, growth=3.0, rho=0.1, bounds=(1e-6, 0.02), mu=0.9)
   want_x, want_eff = _reference_per_leaf(x0, grad_fn, groups, 40, **kwargs)
 
-  tx = optax.chain(
-    nag_optax.scale_by_hypergradient(
-      kwargs["lr0"],
-      hypergradient_rate=kwargs["beta"],
-      warmup_growth=kwargs["growth"],
-      max_relative_step=kwargs["rho"],
-      learning_rate_bounds=kwargs["bounds"],
-      per_leaf=True,
-    ),
-    nag_optax.nesterov(kwargs["mu"]),
-  )
+  tx = _reference_chain(**kwargs, per_leaf=True)
   d = {"a": jnp.asarray(diag[:2]), "b": jnp.asarray(diag[2:])}
   grad = lambda p: jax.tree.map(lambda di, x: di * (x - 1.0) + 0.3 * jnp.sin(x), d, p)
   params = {"a": jnp.asarray(x0[:2]), "b": jnp.asarray(x0[2:])}
