@@ -495,26 +495,47 @@ def test_linen_train_state_without_value_reaches_a_loss_threshold():
 
 
 def _distance_reference(
-  x0, grad_fn, steps, *, d0, decay, sigma, rho, rms_decay, max_rms_decay, eps, mu, adam=None
+  x0,
+  grad_fn,
+  steps,
+  *,
+  d0,
+  decay,
+  sigma,
+  rho,
+  rms_decay,
+  max_rms_decay,
+  eps,
+  mu,
+  adam=None,
+  weighted=False,
 ):
-  """NumPy loop of the documented rule (default or Adam direction), then Nesterov momentum."""
+  """NumPy loop of the documented rule (default or Adam direction; with ``weighted``, Adam's
+  moments are averages weighted by ``w_k = d_k / d_0``, normalised by the weights' EMAs instead
+  of bias correction), then Nesterov momentum."""
   x, x_init = x0.copy(), x0.copy()
   d, r, s, v, vmax, m = d0, 0.0, np.zeros_like(x0), 0.0, 0.0, np.zeros_like(x0)
   am, av = np.zeros_like(x0), np.zeros_like(x0)
+  w1 = w2 = 0.0  # EMAs of w and w^2 (weighted)
   xs, ds = [], []
   for k in range(steps):
     g = grad_fn(x)
     if k == 0:
-      d = min(d, rho * max(np.sqrt(np.mean(x**2)), 1e-3))
+      d = d_init = min(d, rho * max(np.sqrt(np.mean(x**2)), 1e-3))
     if adam is None:
       v = rms_decay * v + (1 - rms_decay) * np.mean(g**2)
       vmax = max(v / (1 - rms_decay ** (k + 1)), max_rms_decay * vmax)
       a = g / (np.sqrt(vmax) + eps)
     else:
       b1, b2 = adam
-      am, av = b1 * am + (1 - b1) * g, b2 * av + (1 - b2) * g**2
-      m_hat = b1 * am / (1 - b1 ** (k + 2)) + (1 - b1) * g / (1 - b1 ** (k + 1))  # nesterov
+      w = d / d_init if weighted else 1.0  # Prodigy's moments are sums of d_k g_k
+      gw = w * g
+      am, av = b1 * am + (1 - b1) * gw, b2 * av + (1 - b2) * gw**2
+      m_hat = b1 * am / (1 - b1 ** (k + 2)) + (1 - b1) * gw / (1 - b1 ** (k + 1))  # nesterov
       a = m_hat / (np.sqrt(av / (1 - b2 ** (k + 1))) + eps)
+      if weighted:  # bias correction -> the normalisation of the weighted averages
+        w1, w2 = b1 * w1 + (1 - b1) * w, b2 * w2 + (1 - b2) * w * w
+        a = a * (1 - b1 ** (k + 1)) / w1 * np.sqrt(w2 / (1 - b2 ** (k + 1)))
     u = -sigma * d * a
     lam = d * d
     r = decay * r + lam * float(g @ (x_init - x))
@@ -531,7 +552,7 @@ def _distance_reference(
   return np.array(xs), np.array(ds)
 
 
-@pytest.mark.parametrize("direction", ["default", "adam"])
+@pytest.mark.parametrize("direction", ["default", "adam", "weighted_adam"])
 def test_scale_by_distance_matches_the_reference_loop(direction):
   with x64.enable_x64(True):
     rng = np.random.RandomState(0)
@@ -540,7 +561,8 @@ def test_scale_by_distance_matches_the_reference_loop(direction):
     x_star = rng.randn(6)
     grad_np = lambda x: a_mat @ (x - x_star)
     x0 = rng.randn(6) * 0.1
-    adam = (0.9, 0.999) if direction == "adam" else None
+    adam = (0.9, 0.999) if direction != "default" else None
+    weighted = direction == "weighted_adam"
     kwargs = dict(
       d0=1e-4,
       decay=0.9995,
@@ -551,12 +573,13 @@ def test_scale_by_distance_matches_the_reference_loop(direction):
       eps=1e-8,
       mu=0.9,
     )
-    ref_x, ref_d = _distance_reference(x0, grad_np, 200, adam=adam, **kwargs)
+    ref_x, ref_d = _distance_reference(x0, grad_np, 200, adam=adam, weighted=weighted, **kwargs)
     block = nag_optax.scale_by_distance(
       1e-4,
       step_scale=0.1,
       max_rms_decay=0.9,
       direction=optax.scale_by_adam(0.9, 0.999, 1e-8, nesterov=True) if adam else None,
+      weighted_direction=(0.9, 0.999) if weighted else None,
     )
     tx = optax.chain(block, nag_optax.nesterov(0.9))
     x = jnp.asarray(x0)
@@ -570,6 +593,52 @@ def test_scale_by_distance_matches_the_reference_loop(direction):
     np.testing.assert_allclose(np.array(ds), ref_d, rtol=1e-10)
     np.testing.assert_allclose(np.array(xs), ref_x, rtol=1e-9, atol=1e-12)
     assert ref_d[-1] > 100 * ref_d[0]  # the estimate grew: the test covers the growth branch
+
+
+def test_weighted_direction_is_adam_while_the_estimate_is_constant():
+  # w_k = d_k / d_0 = 1 while d never grows (a d_0 above the distance to the minimiser), so the
+  # weighted moments and their normalisation (c_k = 1) leave Adam's direction as it is.
+  x0 = jnp.array([0.3, -0.2, 0.1])
+  grad = lambda x: jnp.array([1.0, 10.0, 100.0]) * (x - 0.05)
+  runs = []
+  for weighted in (None, (0.9, 0.999)):
+    tx = nag_optax.scale_by_distance(
+      1.0,  # above ||x_0 - x_*||_inf = 0.25, which bounds the estimate
+      step_scale=0.01,
+      max_relative_step=None,
+      direction=optax.scale_by_adam(0.9, 0.999, nesterov=True),
+      weighted_direction=weighted,
+    )
+    x, state = x0, tx.init(x0)
+    for _ in range(50):
+      updates, state = tx.update(grad(x), state, x)
+      x = optax.apply_updates(x, updates)
+    assert float(state.distance) == 1.0  # the estimate stayed below d_0
+    runs.append(x)
+  plain = x0
+  tx = optax.nadamw(0.01, weight_decay=0.0)
+  state = tx.init(plain)
+  for _ in range(50):
+    updates, state = tx.update(grad(plain), state, plain)
+    plain = optax.apply_updates(plain, updates)
+  np.testing.assert_allclose(runs[1], runs[0], rtol=1e-6)
+  np.testing.assert_allclose(runs[1], plain, rtol=1e-6)
+
+
+def test_weighted_direction_keeps_float16_moments_finite():
+  # d grows from 1e-3 by orders of magnitude: the weight d_k / d_0 times the gradient would
+  # square past float16's range in Adam's second moment; it is bounded by max ** 0.25 = 16.
+  x = jnp.full((8,), 0.5, jnp.float16)
+  tx = nag_optax.scale_by_distance(
+    1e-3, direction=optax.scale_by_adam(), weighted_direction=(0.9, 0.999)
+  )
+  state = tx.init(x)
+  for _ in range(300):
+    updates, state = tx.update(x - 5.0, state, x)
+    x = optax.apply_updates(x, updates)
+  assert float(state.distance) > 100 * float(state.initial_distance)  # the weight hit its bound
+  assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(state))
+  assert float(jnp.max(jnp.abs(x - 5.0))) < 0.5, x
 
 
 def test_distance_estimate_never_exceeds_the_distance_to_the_minimiser():
@@ -648,6 +717,12 @@ def test_scale_by_distance_rejects_bad_configuration():
     nag_optax.scale_by_distance(decay=1.5)
   with pytest.raises(TypeError, match="direction"):
     nag_optax.scale_by_distance(direction="adam")
+  with pytest.raises(ValueError, match="weighted_direction"):
+    nag_optax.scale_by_distance(weighted_direction=(0.9, 0.999))  # no direction to weight
+  with pytest.raises(ValueError, match="weighted_direction"):
+    nag_optax.scale_by_distance(direction=optax.scale_by_adam(), weighted_direction=(0.9,))
+  with pytest.raises(ValueError, match=r"weighted_direction\[1\]"):
+    nag_optax.scale_by_distance(direction=optax.scale_by_adam(), weighted_direction=(0.9, 1.0))
   with pytest.raises(ValueError, match="momentum"):
     nag_optax.auto_nag_sgd(momentum=1.0)
   with pytest.raises(ValueError, match="b2"):

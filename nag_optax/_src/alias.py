@@ -290,17 +290,22 @@ def auto_nadamw(
   r"""Tuning-free Nesterov-Adam with decoupled weight decay: the learning rate sets itself.
 
   ``stop_when(scale_by_distance(direction=chain(scale_by_adam(b1, b2, eps, nesterov=True),
-  add_decayed_weights(weight_decay))))``: the direction is ``optax.nadamw``'s (Adam's
-  per-coordinate second-moment scaling of Nesterov's lookahead first moment, Dozat 2016, plus
-  decoupled weight decay ``lambda x``) and the rate is the distance estimate ``d_k`` of
-  :func:`scale_by_distance`, read from the raw gradients against the displacement from the
-  start (Prodigy's D estimate):
+  add_decayed_weights(weight_decay)), weighted_direction=(b1, b2)))``: the direction is
+  ``optax.nadamw``'s (Adam's per-coordinate second-moment scaling of Nesterov's lookahead first
+  moment, Dozat 2016, plus decoupled weight decay ``lambda x``) and the rate is the distance
+  estimate ``d_k`` of :func:`scale_by_distance`, read from the raw gradients against the
+  displacement from the start (Prodigy's D estimate):
 
   .. math::
 
     x_{k+1} = x_k - d_k \left(\frac{\hat m_k}{\sqrt{\hat v_k} + \epsilon} + \lambda x_k\right).
 
   With a constant ``d`` this is exactly ``optax.nadamw(d, b1, b2, eps, weight_decay=lambda)``.
+  While ``d`` grows, Adam's moments are averages of the gradients weighted by ``d_k / d_0``
+  (Prodigy's moments of ``d_k g_k``; ``scale_by_distance(weighted_direction=(b1, b2))``), so the
+  second moment forgets the warm-up's gradients instead of carrying them for a thousand steps
+  (the normalisation factor of the weighted averages multiplies the whole direction, decay term
+  included, and is 1 once ``d`` stops growing).
   The estimate starts at ``learning_rate``, grows geometrically while the gradients keep pointing
   away from the start, and never decreases: no rate to tune, none that collapses. For the models
   where per-coordinate scaling wins (transformers, normalised networks); :func:`auto_nag_sgd` is
@@ -363,7 +368,11 @@ def auto_nadamw(
     optax.scale_by_adam(b1, b2, eps, nesterov=True), optax.add_decayed_weights(weight_decay)
   )
   inner = hypergradient.scale_by_distance(
-    learning_rate, direction=direction, max_relative_step=max_relative_step, plateau=plateau
+    learning_rate,
+    direction=direction,
+    max_relative_step=max_relative_step,
+    plateau=plateau,
+    weighted_direction=(b1, b2),
   )
   return stopping.stop_when(
     inner,
