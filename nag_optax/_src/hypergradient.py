@@ -39,7 +39,7 @@ def _check_plateau(plateau) -> None:
 
 
 def _max_weight(tree) -> float:
-  """The bound on ``weighted_direction``'s weight: the square of a gradient times at most
+  """The bound on the weight of the weighted moments: the square of a gradient times at most
   ``max ** 0.25`` stays finite in the narrowest floating dtype of ``tree``."""
   return min(
     (float(jnp.finfo(x.dtype).max) ** 0.25 for x in jax.tree.leaves(tree)), default=math.inf
@@ -54,7 +54,8 @@ class ScaleByDistanceState(NamedTuple):
   distance: jax.Array  #: d_k, the distance estimate; never decreases after the first update.
   initial_distance: jax.Array  #: d_0, the (capped) initial estimate.
   #: ``(W1, W2, U1, U2)``: EMAs of ``w``, ``w^2``, ``1`` and ``1`` at the decays ``(b1, b2, b1,
-  #: b2)`` over the finite updates (``weighted_direction``; zeros otherwise).
+  #: b2)`` over the finite updates (``weighted_direction``); ``(w_k, W2, 0, 0)`` with ``W2`` the
+  #: EMA of ``w^2`` at ``rms_decay`` (``weighted_mean_square``); zeros otherwise.
   weight_averages: jax.Array
   numerator: jax.Array  #: r_k = sum_i decay^(k-i) d_i^2 <g_i, x_0 - x_i>.
   mean_square: jax.Array  #: EMA of mean(g^2) (default direction; 0 otherwise).
@@ -79,6 +80,7 @@ def scale_by_distance(
   eps: float = 1e-8,
   plateau: Optional[optax.GradientTransformation] = None,
   weighted_direction: Optional[tuple[jax.typing.ArrayLike, jax.typing.ArrayLike]] = None,
+  weighted_mean_square: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Learning rate from an estimate of the distance to a solution, over the whole run.
 
@@ -143,6 +145,12 @@ def scale_by_distance(
   weighted moments. The weight is bounded by ``finfo(dtype).max ** 0.25`` (the narrowest float
   dtype of the gradients) so that a ``float16`` second moment cannot overflow.
 
+  The default direction's counterpart, ``weighted_mean_square=True``: its mean square is the
+  average weighted by ``w_k^2``, ``v_k = sum rho^(k-i) w_i^2 mean(g_i^2) / sum rho^(k-i) w_i^2``
+  (``rho = rms_decay``, replacing bias correction), and its running maximum forgets as fast as
+  the weights grow, ``n_k = max(v_k, gamma (w_{k-1} / w_k)^2 n_{k-1})``: the normaliser measures
+  the gradients at the current scale of ``d`` instead of those of the warm-up.
+
   Args:
     learning_rate: the initial estimate ``d_0`` (any value from ``1e-8`` up: too small grows,
       too large is capped by ``max_relative_step``).
@@ -163,6 +171,8 @@ def scale_by_distance(
     weighted_direction: ``(b1, b2)``, the moment decays of an Adam-like ``direction`` whose
       moments become averages weighted by ``d_k / d_0`` (see above); ``None`` (default) feeds
       it the gradients as they are.
+    weighted_mean_square: the default direction's mean square weighted the same way (see above);
+      only without ``direction``.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; the state's ``learning_rate`` is the rate the
@@ -206,6 +216,11 @@ def scale_by_distance(
         f"direction must be an optax transformation or None, got {type(direction).__name__}."
       )
     direction = optax.with_extra_args_support(direction)
+    if weighted_mean_square:
+      raise ValueError(
+        "weighted_mean_square weights the default direction's mean square; with a direction, "
+        "use weighted_direction=(b1, b2)."
+      )
   elif weighted_direction is not None:
     raise ValueError("weighted_direction needs a direction (it weights the direction's moments).")
   if weighted_direction is not None:
@@ -267,12 +282,23 @@ def scale_by_distance(
     finite = jnp.isfinite(grad_sq)
     if direction is None:
       mean_square = grad_sq / size
-      v = rms_decay * state.mean_square + (1.0 - rms_decay) * mean_square.astype(dtype)
-      bias = 1.0 - rms_decay ** jnp.asarray(optax.safe_increment(state.count)).astype(dtype)
-      vmax = jnp.maximum(v / bias, max_rms_decay * state.max_mean_square)
+      if weighted_mean_square:
+        w = numerics.safe_div(d, state.initial_distance, 1.0).astype(dtype)
+        w = jnp.minimum(w, _max_weight(updates))
+        w_prev = jnp.where(state.count == 0, w, state.weight_averages[0])
+        w2 = rms_decay * state.weight_averages[1] + (1.0 - rms_decay) * w * w
+        v = rms_decay * state.mean_square + (1.0 - rms_decay) * (w * w) * mean_square.astype(dtype)
+        fall = max_rms_decay * numerics.safe_div(w_prev, w, 1.0) ** 2
+        vmax = jnp.maximum(numerics.safe_div(v, w2), fall * state.max_mean_square)
+        averages = state.weight_averages.at[0].set(w).at[1].set(w2)
+        averages = jnp.where(finite, averages, state.weight_averages)
+      else:
+        v = rms_decay * state.mean_square + (1.0 - rms_decay) * mean_square.astype(dtype)
+        bias = 1.0 - rms_decay ** jnp.asarray(optax.safe_increment(state.count)).astype(dtype)
+        vmax = jnp.maximum(v / bias, max_rms_decay * state.max_mean_square)
+        averages = state.weight_averages
       inv = 1.0 / (jnp.sqrt(vmax) + eps)
       dir_updates, dir_state, dir_scale = numerics.scale(inv, updates), (), 1.0
-      averages = state.weight_averages
       v = jnp.where(finite, v, state.mean_square)
       vmax = jnp.where(finite, vmax, state.max_mean_square)
     else:
