@@ -65,14 +65,19 @@ OPTIMIZERS = {
 # Where float32 rounding differs, the inject_hyperparams comparison is made after fewer steps
 # and with a relative tolerance: traced hyperparameters (Adam's b1, b2 as float32 arrays) change
 # how XLA folds Adam's constants, and Rosenbrock's curved valley amplifies the last-bit
-# differences of auto_nadamw (1e-7 after 5 steps, 1e-5 after 50, 9e-5 after 100, 4% after 200)
-# and of auto_nag_sgd (its traced momentum; 4e-7 after 100 steps, 2e-6 after 200, 30% after 300).
+# differences of auto_nadamw (1e-7 after 5 steps, 1e-5 after 50, 9e-5 after 100, 4% after 200).
 INJECT_RTOL = {"auto_nadamw": 3e-4}
-INJECT_STEPS = {"auto_nadamw": 100, "auto_nag_sgd": 200}
+INJECT_STEPS = {"auto_nadamw": 100}
 
 # (optimizer, problem) -> why it does not converge within the test's budget; strict, so the day
 # it passes is visible. Optax's own battery (tests/test_contrib_battery.py) passes for both.
-KNOWN_SLOW: dict = {}
+KNOWN_SLOW = {
+  ("auto_nag_sgd", "rosenbrock"): (
+    "from (-1.2, 1) the distance-based rate suits the start, not the curved valley, and the "
+    "training loss keeps setting (small) records, so the bounded plateau annealing never "
+    "fires: about (0.93, 0.87) after 20k steps"
+  ),
+}
 
 
 def _parabola():

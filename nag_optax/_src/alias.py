@@ -193,16 +193,14 @@ def auto_nag_sgd(
 ) -> optax.GradientTransformationExtraArgs:
   r"""Tuning-free Nesterov SGD for minibatch training: the learning rate sets itself.
 
-  ``stop_when(chain(scale_by_distance(step_scale=1 - momentum, weighted_mean_square=True),
-  nesterov(momentum)))``: the step direction is the minibatch gradient over its running root
-  mean square, ``a_k = g_k / sqrt(v_k)`` (an average weighted by ``d_k^2``, so it forgets the
-  warm-up's gradients as the rate grows, as Prodigy's moments do), and the rate is the distance
-  estimate ``d_k`` of :func:`scale_by_distance` (Prodigy's D: the gradients against the
-  displacement from the start, accumulated over the whole run), which starts at
-  ``learning_rate`` and grows until it matches the distance the training has to travel; it never
-  decreases, so it cannot collapse under minibatch noise. Nesterov's lookahead momentum
-  (PyTorch's / ``optax.sgd(nesterov=True)``'s form) sums the steps ``u_k = -(1 - b) d_k a_k``,
-  so the effective step is ``d_k a_k``.
+  ``stop_when(chain(scale_by_distance(step_scale=1 - momentum), nesterov(momentum)))``: the
+  step direction is the minibatch gradient over its running root mean square,
+  ``a_k = g_k / sqrt(v_k)``, and the rate is the distance estimate ``d_k`` of
+  :func:`scale_by_distance` (Prodigy's D: the gradients against the displacement from the start,
+  accumulated over the whole run), which starts at ``learning_rate`` and grows until it matches
+  the distance the training has to travel; it never decreases, so it cannot collapse under
+  minibatch noise. Nesterov's lookahead momentum (PyTorch's / ``optax.sgd(nesterov=True)``'s
+  form) sums the steps ``u_k = -(1 - b) d_k a_k``, so the effective step is ``d_k a_k``.
 
   Annealing, bounded: with the training loss passed as ``value`` (Flax NNX
   ``optimizer.update(model, grads, value=loss)``), the step is halved whenever the loss averaged
@@ -260,11 +258,7 @@ def auto_nag_sgd(
   validation.check_range("momentum", momentum, low=0.0, high=1.0, high_inclusive=False)
   inner = optax.chain(
     hypergradient.scale_by_distance(
-      learning_rate,
-      step_scale=1.0 - momentum,
-      max_relative_step=max_relative_step,
-      plateau=plateau,
-      weighted_mean_square=True,
+      learning_rate, step_scale=1.0 - momentum, max_relative_step=max_relative_step, plateau=plateau
     ),
     momentum_lib.nesterov(momentum, accumulator_dtype=accumulator_dtype),
   )
