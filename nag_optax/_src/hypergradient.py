@@ -280,44 +280,41 @@ def scale_by_distance(
     )
     l1 = decay * l1
     finite = jnp.isfinite(grad_sq)
+    averages, dir_scale = state.weight_averages, 1.0
+    # The weighted moments' weight w_k = d_k / d_0, bounded so that (w g)^2 stays finite (a
+    # scalar, unused and dropped by XLA without weighted_direction / weighted_mean_square).
+    w = jnp.minimum(numerics.safe_div(d, state.initial_distance, 1.0), _max_weight(updates))
     if direction is None:
       mean_square = grad_sq / size
       if weighted_mean_square:
-        w = numerics.safe_div(d, state.initial_distance, 1.0).astype(dtype)
-        w = jnp.minimum(w, _max_weight(updates))
-        w_prev = jnp.where(state.count == 0, w, state.weight_averages[0])
-        w2 = rms_decay * state.weight_averages[1] + (1.0 - rms_decay) * w * w
+        w_prev = jnp.where(state.count == 0, w, averages[0])
+        w2 = rms_decay * averages[1] + (1.0 - rms_decay) * w * w
         v = rms_decay * state.mean_square + (1.0 - rms_decay) * (w * w) * mean_square.astype(dtype)
         fall = max_rms_decay * numerics.safe_div(w_prev, w, 1.0) ** 2
         vmax = jnp.maximum(numerics.safe_div(v, w2), fall * state.max_mean_square)
-        averages = state.weight_averages.at[0].set(w).at[1].set(w2)
-        averages = jnp.where(finite, averages, state.weight_averages)
+        averages = jnp.where(finite, averages.at[0].set(w).at[1].set(w2), averages)
       else:
         v = rms_decay * state.mean_square + (1.0 - rms_decay) * mean_square.astype(dtype)
         bias = 1.0 - rms_decay ** jnp.asarray(optax.safe_increment(state.count)).astype(dtype)
         vmax = jnp.maximum(v / bias, max_rms_decay * state.max_mean_square)
-        averages = state.weight_averages
       inv = 1.0 / (jnp.sqrt(vmax) + eps)
-      dir_updates, dir_state, dir_scale = numerics.scale(inv, updates), (), 1.0
+      dir_updates, dir_state = numerics.scale(inv, updates), ()
       v = jnp.where(finite, v, state.mean_square)
       vmax = jnp.where(finite, vmax, state.max_mean_square)
     else:
-      dir_in, averages, dir_scale = updates, state.weight_averages, 1.0
+      dir_in = updates
       if weighted_direction is not None:
-        weight = numerics.safe_div(d, state.initial_distance, 1.0).astype(acc)
-        weight = jnp.minimum(weight, _max_weight(updates))
-        dir_in = numerics.scale(weight, updates)
+        dir_in = numerics.scale(w, updates)
         b1, b2 = (jnp.asarray(b, acc) for b in weighted_direction)
         decays = jnp.stack([b1, b2, b1, b2])
-        terms = jnp.stack([weight, weight * weight, jnp.ones_like(weight), jnp.ones_like(weight)])
-        averages = decays * averages.astype(acc) + (1.0 - decays) * terms
-        w1, w2, u1, u2 = averages[0], averages[1], averages[2], averages[3]
+        terms = jnp.stack([w, w * w, jnp.ones_like(w), jnp.ones_like(w)])
+        new_averages = decays * averages + (1.0 - decays) * terms
+        w1, w2, u1, u2 = new_averages[0], new_averages[1], new_averages[2], new_averages[3]
         dir_scale = numerics.safe_div(u1, w1, 1.0) * jnp.sqrt(numerics.safe_div(w2, u2, 1.0))
+        averages = jnp.where(finite, new_averages, averages)
       dir_updates, dir_state = direction.update(
         dir_in, state.direction, params, value=value, **extra_args
       )
-      if weighted_direction is not None:
-        averages = jnp.where(finite, averages, state.weight_averages)
       v, vmax = state.mean_square, state.max_mean_square
     scale, plateau_state = _feed_plateau(
       plateau, state.plateau, state.plateau_scale, value, finite, dtype
