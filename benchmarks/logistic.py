@@ -215,6 +215,12 @@ METHODS = (
     lambda d, lr: nag_optax.auto_nag(rtol=None),
     pass_extra_args=False,
   ),
+  # The default before schedule="adaptive": FISTA with gradient restart throughout.
+  methods.Method(
+    'auto_nag(schedule="convex"), previous default, gradient-only',
+    lambda d, lr: nag_optax.auto_nag(schedule="convex", rtol=None),
+    pass_extra_args=False,
+  ),
   *methods.tuned_baselines(SGD_GRID, ADAM_GRID),
   methods.Method(
     LBFGS_NAME, lambda d, lr: optax.lbfgs(), needs="f values", value_from_linesearch=True

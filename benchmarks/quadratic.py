@@ -82,6 +82,12 @@ METHODS = (
     lambda p, lr: nag_optax.auto_nag(rtol=None),
     pass_extra_args=False,
   ),
+  # The default before schedule="adaptive": FISTA with gradient restart throughout.
+  methods.Method(
+    'auto_nag(schedule="convex"), previous default, gradient-only',
+    lambda p, lr: nag_optax.auto_nag(schedule="convex", rtol=None),
+    pass_extra_args=False,
+  ),
 )
 
 CG_NAME = "conjugate gradient (Krylov optimum; quadratics only)"

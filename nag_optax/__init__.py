@@ -5,6 +5,7 @@ from nag_optax._src.alias import auto_nadamw
 from nag_optax._src.alias import auto_nag_sgd
 from nag_optax._src.alias import nag
 from nag_optax._src.momentum import NesterovState
+from nag_optax._src.momentum import condition_number_from_restart_interval
 from nag_optax._src.momentum import momentum_from_condition_number
 from nag_optax._src.momentum import nesterov
 from nag_optax._src.solve import Solution
@@ -39,6 +40,7 @@ __all__ = (
   "StopReason",
   "StopWhenState",
   "minimize",
+  "condition_number_from_restart_interval",
   "momentum_from_condition_number",
   "nag",
   "nesterov",

@@ -248,6 +248,8 @@ def test_accumulator_dtype():
     (dict(schedule="convex", condition_number=10.0), "condition_number"),
     (dict(accumulator_dtype=jnp.int32), "accumulator_dtype"),
     (dict(min_restart_interval=-1), "min_restart_interval"),
+    (dict(schedule="adaptive"), "restart"),
+    (dict(schedule="adaptive", restart="gradient", condition_number=0.5), "condition_number"),
   ],
 )
 def test_bad_configuration_raises(kwargs, name):
@@ -257,3 +259,115 @@ def test_bad_configuration_raises(kwargs, name):
 
 def test_momentum_from_condition_number():
   np.testing.assert_allclose(float(nag_optax.momentum_from_condition_number(100.0)), 9 / 11)
+
+
+def _adaptive_reference(q, num_steps, min_restart_interval=10, condition_number=0.0):
+  """NumPy loop of schedule="adaptive" with step 1/L and gradient restart: the lookahead iterates
+  y_0..y_num_steps, the condition-number estimate after each step and the restart count."""
+  step = 1.0 / q.lipschitz
+  y = np.array(q.x0, dtype=np.float64)
+  m = np.zeros_like(y)
+  b_prev, t, since, kappa_hat, restarts = 0.0, 1.0, 0, condition_number, 0
+  ys, estimates = [y.copy()], []
+  for _ in range(num_steps):
+    u = -step * (q.matrix @ (y - q.x_star))
+    t_next = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t * t))
+    b = (t - 1.0) / t_next
+    run_estimate = (2.0 * (since + 1) / math.pi) ** 2
+    if kappa_hat > 0:
+      root = math.sqrt(max(kappa_hat, run_estimate, 1.0))
+      strong = (root - 1.0) / (root + 1.0)
+      b = min(strong, b) if since < 2 else strong  # FISTA's 0 and 0.28 open every run
+    m = b_prev * m + u
+    restarting = float(u @ m) < 0
+    b_used = 0.0 if restarting else b
+    y = y + u + b_used * m
+    if restarting:
+      if since + 1 >= min_restart_interval:
+        kappa_hat = max(kappa_hat, run_estimate)
+      m, t, since, restarts = np.zeros_like(m), 1.0, 0, restarts + 1
+    else:
+      t, since = t_next, since + 1
+    b_prev = b_used
+    ys.append(y.copy())
+    estimates.append(kappa_hat)
+  return np.array(ys), np.array(estimates), restarts
+
+
+@pytest.mark.parametrize("min_restart_interval,condition_number", [(10, None), (3, None), (10, 50.0)])
+def test_adaptive_schedule_matches_reference_loop(x64, min_restart_interval, condition_number):
+  q = quadratics.make_quadratic(20, 1e3, seed=4)
+  num_steps = 600
+  expected, estimates, restarts = _adaptive_reference(
+    q, num_steps, min_restart_interval, condition_number or 0.0
+  )
+  assert restarts >= 3 and estimates[-1] > 0  # the test exercises restarts and the estimate
+  tx = _sgd_nesterov(
+    1.0 / q.lipschitz,
+    schedule="adaptive",
+    restart="gradient",
+    min_restart_interval=min_restart_interval,
+    condition_number=condition_number,
+  )
+  ys, state = loops.iterates(tx, q.value, jnp.asarray(q.x0), num_steps)
+  np.testing.assert_allclose(np.asarray(ys), expected, rtol=0, atol=1e-10)
+  assert int(state[1].restarts) == restarts
+  np.testing.assert_allclose(float(state[1].condition_number), estimates[-1], rtol=1e-12)
+
+
+def test_adaptive_schedule_with_an_initial_estimate_uses_it_from_the_third_step(x64):
+  tx = nag_optax.nesterov(schedule="adaptive", restart="gradient", condition_number=100.0)
+  state = tx.init(jnp.zeros(2))
+  momenta = []
+  for _ in range(4):
+    _, state = tx.update(jnp.ones(2), state)
+    momenta.append(float(state.momentum))
+  # FISTA's 0 and (sqrt(5) - 1) / (sqrt(5) + 1) open the run, then Nesterov's q(100) = 9/11
+  # (the run of 3-4 steps bounds kappa by (2 * 4 / pi)^2 = 6.5 only, below the estimate).
+  t2 = (1 + math.sqrt(5)) / 2
+  fista2 = (t2 - 1) / (0.5 * (1 + math.sqrt(1 + 4 * t2 * t2)))
+  np.testing.assert_allclose(momenta, [0.0, fista2, 9 / 11, 9 / 11], rtol=1e-6)
+  assert float(state.condition_number) == 100.0
+
+
+@pytest.mark.parametrize("condition_number", [1e3, 1e4, 1e5])
+def test_adaptive_estimate_on_two_eigenvalues(x64, condition_number):
+  """Closed form of the estimate on f = (mu x_1^2 + L x_2^2) / 2 with step 1/L.
+
+  FISTA's first run follows the ODE solution x(t) = x_0 2 J_1(sqrt(mu) t) / (sqrt(mu) t) of
+  Su, Boyd & Candes (t = k / sqrt(L)), so the gradient restart fires when the slow coordinate
+  first crosses zero, at sqrt(mu) t = j_{1,1} = 3.8317: K_1 = j_{1,1} sqrt(kappa) and the estimate
+  (2 K_1 / pi)^2 = (2 j_{1,1} / pi)^2 kappa = 5.95 kappa. With momentum q(kappa_hat) fixed, the
+  slow mode turns by theta per step with theta^2 ~ 1/kappa - 1/kappa_hat, so later runs last
+  pi / theta steps and estimate 4 / theta^2, whose fixed point is 5 kappa: they never raise the
+  maximum above the first run's 5.95 kappa (up to one step of rounding of K).
+  """
+  eig = np.array([1.0, condition_number])
+  q = quadratics.Quadratic(
+    matrix=np.diag(eig), eigenvalues=eig, x_star=np.zeros(2), x0=np.array([1.0, 1.0])
+  )
+  tx = _sgd_nesterov(1.0 / q.lipschitz, schedule="adaptive", restart="gradient")
+  num_steps = int(40 * math.sqrt(condition_number))
+  _, state = loops.iterates(tx, q.value, jnp.asarray(q.x0), num_steps)
+  assert int(state[1].restarts) >= 5
+  j11 = 3.8317059702075125
+  ratio = float(state[1].condition_number) / condition_number
+  assert abs(ratio - (2 * j11 / math.pi) ** 2) <= 0.02 * (2 * j11 / math.pi) ** 2, ratio
+
+
+@pytest.mark.parametrize("spacing", ["log", "linear"])
+def test_adaptive_schedule_beats_fista_with_restart(x64, spacing):
+  q = quadratics.make_quadratic(100, 1e4, spacing=spacing, seed=5)
+  fun, x0, x_star = q.value, jnp.asarray(q.x0), jnp.asarray(q.x_star)
+  steps = {}
+  for schedule in ("convex", "adaptive"):
+    tx = _sgd_nesterov(1.0 / q.lipschitz, schedule=schedule, restart="gradient")
+    steps[schedule], _, _ = loops.steps_to_target(tx, fun, x0, x_star, 1e-6, 50_000)
+  assert steps["adaptive"] <= 0.9 * steps["convex"], steps
+  assert steps["adaptive"] <= 2.5 * q.lower_bound_iterations(1e-6), steps  # measured 2.36 (log)
+
+
+def test_condition_number_from_restart_interval():
+  np.testing.assert_allclose(
+    float(nag_optax.condition_number_from_restart_interval(math.pi * 50.0)), 1e4, rtol=1e-6
+  )

@@ -100,9 +100,10 @@ def test_auto_nag_does_not_blow_up_where_the_curvature_vanishes(x64, start):
   np.testing.assert_allclose(np.asarray(sol.params), np.asarray(target), atol=1e-6)
 
 
+@pytest.mark.parametrize("spacing,bound", [("log", 2.3), ("linear", 0.9)])
 @pytest.mark.parametrize("with_value", [True, False])
-def test_curvature_chain_accelerates_on_ill_conditioned_quadratic(x64, with_value):
-  q = quadratics.make_quadratic(100, 1e4, seed=5)
+def test_curvature_chain_accelerates_on_ill_conditioned_quadratic(x64, with_value, spacing, bound):
+  q = quadratics.make_quadratic(100, 1e4, spacing=spacing, seed=5)
   n_lb = q.lower_bound_iterations(1e-6)
   k, _, state = loops.steps_to_target(
     nag_optax.auto_nag(rtol=None),
@@ -113,8 +114,9 @@ def test_curvature_chain_accelerates_on_ill_conditioned_quadratic(x64, with_valu
     50_000,
     with_value=with_value,
   )
-  # Measured: about 2.2 x N_LB; plain gradient descent needs about kappa ln(1/eps) / 2 ~ 69,000.
-  assert k <= 3 * n_lb
+  # Measured 2.21 (log) and 0.79 (linear) x N_LB; FISTA with restart throughout (the schedule
+  # before "adaptive") 2.31 and 1.01; plain gradient descent about kappa ln(1/eps) / 2 ~ 69,000.
+  assert k <= bound * n_lb
   assert float(optax.tree.get(state, "learning_rate")) >= 1.0 / q.lipschitz
 
 

@@ -16,7 +16,7 @@ def nag(
   learning_rate: optax.ScalarOrSchedule,
   momentum: optax.ScalarOrSchedule = 0.9,
   *,
-  schedule: Literal["constant", "convex", "strongly_convex"] = "constant",
+  schedule: Literal["constant", "convex", "strongly_convex", "adaptive"] = "constant",
   condition_number: Optional[jax.typing.ArrayLike] = None,
   restart: Optional[Literal["gradient", "speed", "function"]] = None,
   accumulator_dtype: Optional[jax.typing.DTypeLike] = None,
@@ -40,11 +40,14 @@ def nag(
   Args:
     learning_rate: a non-negative float or an optax schedule of the step count.
     momentum: momentum in ``[0, 1)`` or a schedule; used by ``schedule="constant"``.
-    schedule: ``"constant"``, ``"convex"`` or ``"strongly_convex"`` (see :func:`nesterov`).
-    condition_number: ``L / mu``, for ``schedule="strongly_convex"``.
+    schedule: ``"constant"``, ``"convex"``, ``"strongly_convex"`` or ``"adaptive"`` (see
+      :func:`nesterov`).
+    condition_number: ``L / mu``, for ``schedule="strongly_convex"``; the initial estimate for
+      ``"adaptive"``.
     restart: ``None``, ``"gradient"``, ``"speed"`` or ``"function"`` (see :func:`nesterov`).
     accumulator_dtype: dtype of the momentum buffer.
-    min_restart_interval: minimum steps between speed restarts.
+    min_restart_interval: minimum steps between speed restarts, and the shortest run that
+      ``schedule="adaptive"`` measures.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -85,7 +88,7 @@ def auto_nag(
   safety: float = 1.0,
   decay: float = 0.9,
   estimate: Literal["secant", "cocoercive"] = "cocoercive",
-  schedule: Literal["constant", "convex", "strongly_convex"] = "convex",
+  schedule: Literal["constant", "convex", "strongly_convex", "adaptive"] = "adaptive",
   restart: Optional[Literal["gradient", "speed", "function"]] = "gradient",
   accumulator_dtype: Optional[jax.typing.DTypeLike] = None,
   gtol: Optional[float] = None,
@@ -100,7 +103,7 @@ def auto_nag(
   r"""Tuning-free accelerated gradient descent for full-batch (deterministic) problems.
 
   ``stop_when(chain(scale_by_curvature(decay=0.9, estimate="cocoercive"),
-  nesterov(schedule="convex", restart="gradient")))``: with ``dy = y_k - y_{k-1}`` and
+  nesterov(schedule="adaptive", restart="gradient")))``: with ``dy = y_k - y_{k-1}`` and
   ``dg = g_k - g_{k-1}``,
 
   .. math::
@@ -108,12 +111,19 @@ def auto_nag(
     L_k = \max(0.9\, L_{k-1}, \|dg\|^2 / \langle dg, dy \rangle), \quad u_k = -g_k / L_k,
     \quad m_{k+1} = b_{k-1} m_k + u_k, \quad \Delta y_k = u_k + b_k m_{k+1},
 
-  with FISTA's ``b_k = (t_k - 1)/t_{k+1}``, reset to ``t = 1`` whenever the step goes uphill
-  (``g_k . (x_{k+1} - x_k) > 0``, O'Donoghue & Candes). No learning rate and no momentum to
-  choose: the step comes from the curvature that consecutive gradients reveal (the co-coercivity
-  estimate never exceeds L, so the step is never below ``1/L``; the decayed maximum lets it grow
-  by up to 11% per step where the curvature falls), and restart recovers the linear rate of
-  strongly convex problems without knowing ``mu``.
+  with a restart whenever the step goes uphill (``g_k . (x_{k+1} - x_k) > 0``, O'Donoghue &
+  Candes: the buffer is zeroed and the step drops its momentum). The momentum follows FISTA's
+  ``b_k = (t_k - 1)/t_{k+1}`` until the first restart, then the strongly convex
+  ``b_k = (sqrt(kappa_k) - 1)/(sqrt(kappa_k) + 1)`` with the condition number ``kappa_k``
+  read from the restart intervals: a run of ``K`` steps between restarts means
+  ``kappa >= (2K/pi)^2`` (the slowest mode turns half a period in about ``pi sqrt(kappa)``
+  steps; the factor 2 errs towards momentum), and ``kappa_k`` is the largest such bound so far,
+  the current run included. No learning rate and no momentum to choose: the step comes from the
+  curvature that consecutive gradients reveal (the co-coercivity estimate never exceeds L, so the
+  step is never below ``1/L``; the decayed maximum lets it grow by up to 11% per step where the
+  curvature falls), and restart plus the estimated ``kappa`` give the linear rate of strongly
+  convex problems without knowing ``mu``. ``schedule="convex"`` (FISTA with restart throughout)
+  is the previous default.
 
   Extra arguments: with ``value`` and ``value_fn`` (passed by :func:`minimize`, Optimistix and any
   Optax line-search loop) the first step is checked by backtracking, so a wild ``initial_step``
@@ -128,7 +138,7 @@ def auto_nag(
     decay: forgetting factor of the curvature estimate (``1`` keeps the running maximum, so the
       step never grows).
     estimate: the two-point curvature estimate of :func:`scale_by_curvature`.
-    schedule: momentum schedule of :func:`nesterov`.
+    schedule: momentum schedule of :func:`nesterov`; ``"adaptive"`` needs a ``restart``.
     restart: restart scheme of :func:`nesterov`.
     accumulator_dtype: dtype of the momentum buffer.
     gtol, rtol, ftol, xtol, max_steps, patience, min_learning_rate, max_nonfinite: the stopping

@@ -1,5 +1,6 @@
-"""Lookahead (Nesterov) momentum with constant, convex and strongly convex schedules."""
+"""Lookahead (Nesterov) momentum: constant, convex, strongly convex and adaptive schedules."""
 
+import math
 from typing import Any, Literal, NamedTuple, Optional
 
 import jax
@@ -9,7 +10,9 @@ import optax
 from nag_optax._src import numerics
 from nag_optax._src import validation
 
-SCHEDULES = ("constant", "convex", "strongly_convex")
+# schedule="adaptive": steps of each run (after a restart) that take FISTA's smaller momentum.
+_FISTA_STEPS_AFTER_RESTART = 2
+SCHEDULES = ("constant", "convex", "strongly_convex", "adaptive")
 RESTARTS = (None, "gradient", "speed", "function")
 
 
@@ -24,6 +27,26 @@ class NesterovState(NamedTuple):
   steps_since_restart: jax.Array  #: int32: steps since the last restart (or init).
   last_step_norm: jax.Array  #: ||m_k||, for the speed restart.
   last_value: jax.Array  #: loss at the previous lookahead point, for the function restart.
+  #: ``schedule="adaptive"``: the condition number estimated from the restart intervals
+  #: (0 until a restart measured one); unused (0) by the other schedules.
+  condition_number: jax.Array
+
+
+def condition_number_from_restart_interval(steps: Any) -> jax.Array:
+  r"""The condition number that ``schedule="adaptive"`` reads from a restart interval.
+
+  ``kappa = (2 K / pi)^2`` for a run of ``K`` steps between gradient restarts. On a quadratic
+  with step ``1/L`` and momentum ``b`` near 1 the slowest mode ``mu`` turns with angle
+  ``theta ~ sqrt(mu / L)`` per step, and the gradient restart fires about half a turn after the
+  previous one, so ``K ~ pi sqrt(kappa)``; the factor 2 on ``sqrt(kappa)`` errs towards more
+  momentum, which restart keeps safe.
+
+  Examples:
+    >>> import nag_optax
+    >>> print(round(float(nag_optax.condition_number_from_restart_interval(157.08))))
+    10000
+  """
+  return jnp.square(2.0 * jnp.asarray(steps) / math.pi)
 
 
 def momentum_from_condition_number(condition_number: Any) -> jax.Array:
@@ -67,6 +90,17 @@ def nesterov(
     ``b_k = (t_k - 1) / t_{k+1}``; with step ``1/L``,
     ``f(x_k) - f* <= 2 L ||x_0 - x*||^2 / (k+1)^2``.
   * ``"strongly_convex"``: ``b = (sqrt(kappa) - 1) / (sqrt(kappa) + 1)`` from ``condition_number``.
+  * ``"adaptive"``: the strongly convex momentum without knowing ``kappa``. FISTA's sequence runs
+    until the first restart after at least ``min_restart_interval`` steps; from then on
+    ``b = (sqrt(kappa_k) - 1) / (sqrt(kappa_k) + 1)`` with
+    ``kappa_k = max(kappa_hat, (2 K_k / pi)^2)``, where ``K_k`` counts the steps since the last
+    restart (this one included) and ``kappa_hat`` is the largest ``(2 K / pi)^2`` over the
+    completed runs of ``K >= min_restart_interval`` steps
+    (:func:`condition_number_from_restart_interval`). The estimate only grows, and grows while a
+    run lasts longer than the estimate predicts. The first two steps of every run take FISTA's
+    smaller values (0, then 0.28), so the overshoot that caused a restart is not carried on by
+    momentum. ``condition_number``, if given, is the initial ``kappa_hat``. It needs a
+    ``restart``.
 
   Adaptive restart (O'Donoghue & Candes 2015; Su, Boyd & Candes 2016) sets ``t <- 1``, drops the
   momentum of the current step (``Delta y_k = u_k``) and zeroes the buffer when
@@ -81,10 +115,12 @@ def nesterov(
     momentum: the constant momentum in ``[0, 1)``, or an optax schedule of the step count. Used by
       ``schedule="constant"`` only.
     schedule: ``"constant"``, ``"convex"`` or ``"strongly_convex"``.
-    condition_number: ``kappa = L / mu >= 1``; required by ``schedule="strongly_convex"``.
+    condition_number: ``kappa = L / mu >= 1``; required by ``schedule="strongly_convex"``; the
+      initial estimate for ``schedule="adaptive"`` (``None``: none, FISTA until a restart).
     restart: ``None``, ``"gradient"``, ``"speed"`` or ``"function"``.
     accumulator_dtype: dtype of the momentum buffer; ``None`` uses the dtype of the params.
-    min_restart_interval: steps that must pass after a restart before a speed restart can fire.
+    min_restart_interval: steps that must pass after a restart before a speed restart can fire;
+      the shortest run that ``schedule="adaptive"`` measures.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``. Its state exposes ``momentum`` (the value used
@@ -127,9 +163,19 @@ def nesterov(
     if condition_number is None:
       raise ValueError('condition_number is required when schedule="strongly_convex".')
     validation.check_range("condition_number", condition_number, low=1.0)
+  elif schedule == "adaptive":
+    if condition_number is not None:
+      validation.check_range("condition_number", condition_number, low=1.0)
+    if restart is None:
+      raise ValueError(
+        'schedule="adaptive" estimates the condition number from restarts: pass restart= '
+        '("gradient", "speed" or "function"), got restart=None; schedule="convex" runs without '
+        "restarts."
+      )
   elif condition_number is not None:
     raise ValueError(
-      f'condition_number is only used by schedule="strongly_convex", got schedule={schedule!r}.'
+      'condition_number is only used by schedule="strongly_convex" and "adaptive", got '
+      f"schedule={schedule!r}."
     )
   accumulator_dtype = None if accumulator_dtype is None else jnp.dtype(accumulator_dtype)
 
@@ -145,6 +191,9 @@ def nesterov(
       steps_since_restart=jnp.zeros((), jnp.int32),
       last_step_norm=jnp.zeros((), dtype),
       last_value=jnp.full((), jnp.inf, dtype),
+      condition_number=jnp.asarray(
+        0.0 if condition_number is None or schedule != "adaptive" else condition_number, dtype
+      ),
     )
 
   def update_fn(updates, state, params=None, *, value=None, **extra_args):
@@ -153,12 +202,26 @@ def nesterov(
     t_next = state.t
     if schedule == "constant":
       b = momentum(state.count) if callable(momentum) else momentum
-    elif schedule == "convex":
+    elif schedule in ("convex", "adaptive"):
       t_next = 0.5 * (1.0 + jnp.sqrt(1.0 + 4.0 * state.t * state.t))
       b = (state.t - 1.0) / t_next
     else:
       b = momentum_from_condition_number(condition_number)
     b = jnp.asarray(b).astype(dtype)
+    if schedule == "adaptive":
+      # This run's length so far, this step included, as a lower bound on the condition number.
+      run_estimate = condition_number_from_restart_interval(
+        optax.safe_increment(state.steps_since_restart).astype(dtype)
+      )
+      kappa = jnp.maximum(jnp.maximum(state.condition_number, run_estimate), 1.0)
+      strong = momentum_from_condition_number(kappa).astype(dtype)
+      # The first two steps of a run re-enter through FISTA's momentum (0, then 0.28): a restart
+      # often means the step overshot, and a momentum-free step lets the curvature estimate see
+      # it (on a convex function a plain gradient step that goes uphill is longer than 1/L).
+      strong = jnp.where(
+        state.steps_since_restart < _FISTA_STEPS_AFTER_RESTART, jnp.minimum(strong, b), strong
+      )
+      b = jnp.where(state.condition_number > 0, strong, b)
 
     u = optax.tree.cast(updates, accumulator_dtype)
 
@@ -197,6 +260,14 @@ def nesterov(
     )
     new_trace = jax.tree.map(lambda m: jnp.where(restarting, jnp.zeros_like(m), m), new_trace)
     last_value = state.last_value if value is None else jnp.asarray(value).astype(dtype)
+    condition_estimate = state.condition_number
+    if schedule == "adaptive":
+      measured = jnp.logical_and(
+        restarting, optax.safe_increment(state.steps_since_restart) >= min_restart_interval
+      )
+      condition_estimate = jnp.where(
+        measured, jnp.maximum(state.condition_number, run_estimate), state.condition_number
+      )
     new_state = NesterovState(
       count=jnp.asarray(optax.safe_increment(state.count)),
       momentum=b_used,
@@ -210,6 +281,7 @@ def nesterov(
       ),
       last_step_norm=jnp.where(restarting, jnp.zeros_like(step_norm), step_norm).astype(dtype),
       last_value=last_value,
+      condition_number=condition_estimate.astype(dtype),
     )
     return new_updates, new_state
 
