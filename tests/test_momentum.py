@@ -294,7 +294,9 @@ def _adaptive_reference(q, num_steps, min_restart_interval=10, condition_number=
   return np.array(ys), np.array(estimates), restarts
 
 
-@pytest.mark.parametrize("min_restart_interval,condition_number", [(10, None), (3, None), (10, 50.0)])
+@pytest.mark.parametrize(
+  "min_restart_interval,condition_number", [(10, None), (3, None), (10, 50.0)]
+)
 def test_adaptive_schedule_matches_reference_loop(x64, min_restart_interval, condition_number):
   q = quadratics.make_quadratic(20, 1e3, seed=4)
   num_steps = 600

@@ -64,7 +64,7 @@ def momentum_from_condition_number(condition_number: Any) -> jax.Array:
 def nesterov(
   momentum: optax.ScalarOrSchedule = 0.9,
   *,
-  schedule: Literal["constant", "convex", "strongly_convex"] = "constant",
+  schedule: Literal["constant", "convex", "strongly_convex", "adaptive"] = "constant",
   condition_number: Optional[jax.typing.ArrayLike] = None,
   restart: Optional[Literal["gradient", "speed", "function"]] = None,
   accumulator_dtype: Optional[jax.typing.DTypeLike] = None,
@@ -208,11 +208,11 @@ def nesterov(
     else:
       b = momentum_from_condition_number(condition_number)
     b = jnp.asarray(b).astype(dtype)
+    # This run's length so far, this step included, and the lower bound on the condition number
+    # it implies (read by schedule="adaptive" only; scalars, dropped by XLA elsewhere).
+    run_length = jnp.asarray(optax.safe_increment(state.steps_since_restart))
+    run_estimate = condition_number_from_restart_interval(run_length.astype(dtype))
     if schedule == "adaptive":
-      # This run's length so far, this step included, as a lower bound on the condition number.
-      run_estimate = condition_number_from_restart_interval(
-        optax.safe_increment(state.steps_since_restart).astype(dtype)
-      )
       kappa = jnp.maximum(jnp.maximum(state.condition_number, run_estimate), 1.0)
       strong = momentum_from_condition_number(kappa).astype(dtype)
       # The first two steps of a run re-enter through FISTA's momentum (0, then 0.28): a restart
@@ -262,9 +262,7 @@ def nesterov(
     last_value = state.last_value if value is None else jnp.asarray(value).astype(dtype)
     condition_estimate = state.condition_number
     if schedule == "adaptive":
-      measured = jnp.logical_and(
-        restarting, optax.safe_increment(state.steps_since_restart) >= min_restart_interval
-      )
+      measured = jnp.logical_and(restarting, run_length >= min_restart_interval)
       condition_estimate = jnp.where(
         measured, jnp.maximum(state.condition_number, run_estimate), state.condition_number
       )
