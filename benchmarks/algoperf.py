@@ -154,3 +154,39 @@ def relative_loss(best_at_stop: float, best_overall: float, higher_is_better: bo
     return math.nan
   gap = (best_overall - best_at_stop) if higher_is_better else (best_at_stop - best_overall)
   return float(gap / abs(best_overall))
+
+
+def stop_outcome(
+  stopped_curve: Sequence[float],
+  stop_step: Optional[int],
+  reference_curve: Sequence[float],
+  eval_every: int,
+  higher_is_better: bool,
+) -> dict:
+  """What stopping cost, judged against the same optimizer run without stopping.
+
+  ``stopped_curve`` is the validation curve of the run with its stopping criteria on (its params
+  freeze at ``stop_step``, so every later evaluation repeats the stopped params: its own best can
+  never lie after the stop, and comparing the run with itself would always show nothing lost);
+  ``reference_curve`` is the unstopped run's (same seeds, batches and optimizer). The best step
+  and the best metric come from the reference; the metric kept is the best of the stopped run up
+  to the first evaluation at or after the stop. ``stop_step`` None: it never stopped.
+  """
+  ref = np.asarray(reference_curve, float)
+  finite = np.isfinite(ref)
+  if finite.any():
+    masked = np.where(finite, ref, -np.inf if higher_is_better else np.inf)
+    best_i = int(np.argmax(masked) if higher_is_better else np.argmin(masked))
+    best_step = (best_i + 1) * eval_every
+  else:
+    best_step = None
+  best_overall = best_of_run(ref, higher_is_better)
+  upto = stopped_curve[: -(-stop_step // eval_every)] if stop_step else stopped_curve
+  best_at_stop = best_of_run(upto, higher_is_better)
+  return dict(
+    stop_step=stop_step,
+    best_step=best_step,
+    best_overall=best_overall,
+    best_at_stop=best_at_stop,
+    relative_loss=relative_loss(best_at_stop, best_overall, higher_is_better),
+  )

@@ -203,3 +203,20 @@ def test_results_md_replaces_only_the_sections_that_ran(tmp_path, monkeypatch):
   # A section of a suite that is no longer registered is dropped.
   run.write_results({}, ["quadratic", "workloads"])
   assert list(run.split_sections(path.read_text())) == ["quadratic", "workloads"]
+
+
+def test_stop_outcome_judges_the_stop_against_the_unstopped_run():
+  # The stopped run freezes at step 40 (evaluations every 10 steps): its later evaluations repeat
+  # the stopped params. The unstopped run keeps improving and peaks at step 80.
+  stopped = [0.50, 0.70, 0.80, 0.80, 0.80, 0.80, 0.80, 0.80, 0.80]
+  unstopped = [0.50, 0.70, 0.80, 0.82, 0.85, 0.88, 0.90, 0.95, 0.93]
+  out = algoperf.stop_outcome(stopped, 40, unstopped, 10, True)
+  assert out["best_step"] == 80 and out["best_overall"] == 0.95
+  assert out["best_at_stop"] == 0.80
+  assert out["relative_loss"] == pytest.approx(0.15 / 0.95)
+  # Judged against itself (the frozen run) nothing would ever look lost: the flaw this avoids.
+  assert algoperf.stop_outcome(stopped, 40, stopped, 10, True)["relative_loss"] == 0.0
+  # Never stopped: its whole run counts; lower is better for a loss metric.
+  loss = algoperf.stop_outcome([3.0, 2.5, 2.6], None, [3.0, 2.4, 2.6], 5, False)
+  assert loss["stop_step"] is None and loss["best_step"] == 10
+  assert loss["relative_loss"] == pytest.approx(0.1 / 2.4)
