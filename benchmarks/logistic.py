@@ -26,6 +26,7 @@ import nag_optax
 from benchmarks import loop
 from benchmarks import methods
 from benchmarks import report
+from problems import quadratics
 
 TOL = 1e-6
 CAP = 20_000
@@ -124,11 +125,9 @@ def lower_bound_at_solution(q: "Problem", iterations: int = 400) -> dict:
   hessian = jax.jit(jax.hessian(lambda flat: fun(flat.reshape(shape))))(w.ravel())
   eig = np.linalg.eigvalsh(np.asarray(hessian))
   kappa = float(eig[-1] / eig[0])
-  root = math.sqrt(kappa)
-  n_lb = math.ceil(math.log(1.0 / TOL) / math.log((root + 1.0) / (root - 1.0)))
   return dict(
     kappa_at_solution=kappa,
-    lower_bound_at_solution=n_lb,
+    lower_bound_at_solution=quadratics.lower_bound_iterations(kappa, TOL),
     grad_norm_at_solution=float(jnp.linalg.norm(jax.grad(fun)(w))),
   )
 

@@ -13,6 +13,14 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def lower_bound_iterations(condition_number: float, eps: float) -> int:
+  """N_LB(eps) = ceil(ln(1/eps) / ln(1/q)), q = (sqrt(kappa) - 1) / (sqrt(kappa) + 1): the fewest
+  iterations in which a first-order method can reduce ||x - x*|| by eps on the worst function of
+  condition number kappa."""
+  r = math.sqrt(condition_number)
+  return int(math.ceil(math.log(1.0 / eps) / math.log((r + 1.0) / (r - 1.0))))
+
+
 @dataclasses.dataclass(frozen=True)
 class Quadratic:
   """f(x) = 1/2 (x - x_star)^T A (x - x_star) with A = Q diag(eigenvalues) Q^T."""
@@ -48,7 +56,7 @@ class Quadratic:
   def lower_bound_iterations(self, eps: float) -> int:
     """N_LB(eps) = ceil(ln(1/eps) / ln(1/q)): no first-order method reaches ||x-x*|| <= eps
     ||x0-x*|| in fewer iterations on the worst quadratic of this condition number."""
-    return int(math.ceil(math.log(1.0 / eps) / math.log(1.0 / self.q)))
+    return lower_bound_iterations(self.condition_number, eps)
 
   def value(self, x):
     """f(x), in jnp so it can be differentiated and jitted."""

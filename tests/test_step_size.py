@@ -18,6 +18,14 @@ def _chain(step_tx, restart="gradient"):
   return optax.chain(step_tx, nag_optax.nesterov(schedule="convex", restart=restart))
 
 
+def _auto_nag_steps(q, tx=None, *, with_value=False):
+  """(updates to ||x - x*|| <= 1e-6 ||x0 - x*||, final x, final state) of auto_nag on ``q``."""
+  tx = nag_optax.auto_nag(rtol=None) if tx is None else tx
+  return loops.steps_to_target(
+    tx, q.value, jnp.asarray(q.x0), jnp.asarray(q.x_star), 1e-6, 50_000, with_value=with_value
+  )
+
+
 def test_curvature_matches_reference_loop(x64):
   q = quadratics.make_quadratic(30, 1e3, seed=1)
   tx = nag_optax.scale_by_curvature()
@@ -105,15 +113,7 @@ def test_auto_nag_does_not_blow_up_where_the_curvature_vanishes(x64, start):
 def test_curvature_chain_accelerates_on_ill_conditioned_quadratic(x64, with_value, spacing, bound):
   q = quadratics.make_quadratic(100, 1e4, spacing=spacing, seed=5)
   n_lb = q.lower_bound_iterations(1e-6)
-  k, _, state = loops.steps_to_target(
-    nag_optax.auto_nag(rtol=None),
-    q.value,
-    jnp.asarray(q.x0),
-    jnp.asarray(q.x_star),
-    1e-6,
-    50_000,
-    with_value=with_value,
-  )
+  k, _, state = _auto_nag_steps(q, with_value=with_value)
   # Measured 2.21 (log) and 0.79 (linear) x N_LB; FISTA with restart throughout (the schedule
   # before "adaptive") 2.31 and 1.01; plain gradient descent about kappa ln(1/eps) / 2 ~ 69,000.
   assert k <= bound * n_lb
@@ -123,12 +123,9 @@ def test_curvature_chain_accelerates_on_ill_conditioned_quadratic(x64, with_valu
 @pytest.mark.parametrize("factor", [1e-6, 1e-3, 1.0, 1e3, 1e6])
 def test_auto_nag_is_robust_to_the_initial_step(x64, factor):
   q = quadratics.make_quadratic(100, 1e4, seed=5)
-  fun, x0, x_star = q.value, jnp.asarray(q.x0), jnp.asarray(q.x_star)
-  reference, _, _ = loops.steps_to_target(
-    nag_optax.auto_nag(rtol=None), fun, x0, x_star, 1e-6, 50_000, with_value=True
-  )
+  reference, _, _ = _auto_nag_steps(q, with_value=True)
   tx = nag_optax.auto_nag(initial_step=factor / q.lipschitz, rtol=None)
-  k, x, state = loops.steps_to_target(tx, fun, x0, x_star, 1e-6, 50_000, with_value=True)
+  k, x, state = _auto_nag_steps(q, tx, with_value=True)
   chex.assert_tree_all_finite(x)
   assert k <= reference + 50  # a small additive loss at most
   # A huge guess costs function evaluations once (halvings of the first step), never iterations.
@@ -256,14 +253,7 @@ def test_auto_nag_on_the_quadratic_suites_problems(x64, spacing, kappa, bound):
   # The quadratic benchmark's own problems (n = 300, seed 0): measured 1.73 and 0.83 x N_LB
   # (FISTA with restart, the previous default: 2.18 and 1.06). #14 asks for 1.75 everywhere.
   q = quadratics.make_quadratic(300, kappa, spacing=spacing, seed=0)
-  k, _, state = loops.steps_to_target(
-    nag_optax.auto_nag(rtol=None),
-    q.value,
-    jnp.asarray(q.x0),
-    jnp.asarray(q.x_star),
-    1e-6,
-    50_000,
-  )
+  k, _, state = _auto_nag_steps(q)
   assert k <= bound * q.lower_bound_iterations(1e-6), k
   estimate = float(optax.tree.get(state, "condition_number"))
   assert kappa <= estimate <= 100 * kappa  # the restarts measured kappa, with room to spare

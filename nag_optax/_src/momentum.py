@@ -114,7 +114,7 @@ def nesterov(
   Args:
     momentum: the constant momentum in ``[0, 1)``, or an optax schedule of the step count. Used by
       ``schedule="constant"`` only.
-    schedule: ``"constant"``, ``"convex"`` or ``"strongly_convex"``.
+    schedule: ``"constant"``, ``"convex"``, ``"strongly_convex"`` or ``"adaptive"``.
     condition_number: ``kappa = L / mu >= 1``; required by ``schedule="strongly_convex"``; the
       initial estimate for ``schedule="adaptive"`` (``None``: none, FISTA until a restart).
     restart: ``None``, ``"gradient"``, ``"speed"`` or ``"function"``.
