@@ -170,7 +170,9 @@ def stop_outcome(
   never lie after the stop, and comparing the run with itself would always show nothing lost);
   ``reference_curve`` is the unstopped run's (same seeds, batches and optimizer). The best step
   and the best metric come from the reference; the metric kept is the best of the stopped run up
-  to the first evaluation at or after the stop. ``stop_step`` None: it never stopped.
+  to the first evaluation at or after the stop. ``stop_step`` None: it never stopped, and its
+  stop counts as the end of the run. ``stop_over_best``: the stop step over the best step (the
+  issue's goal is within 10% of it: 0.9 to 1.1).
   """
   ref = np.asarray(reference_curve, float)
   finite = np.isfinite(ref)
@@ -183,9 +185,11 @@ def stop_outcome(
   best_overall = best_of_run(ref, higher_is_better)
   upto = stopped_curve[: -(-stop_step // eval_every)] if stop_step else stopped_curve
   best_at_stop = best_of_run(upto, higher_is_better)
+  end_step = len(ref) * eval_every
   return dict(
     stop_step=stop_step,
     best_step=best_step,
+    stop_over_best=(stop_step or end_step) / best_step if best_step else None,
     best_overall=best_overall,
     best_at_stop=best_at_stop,
     relative_loss=relative_loss(best_at_stop, best_overall, higher_is_better),

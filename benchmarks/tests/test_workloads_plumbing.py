@@ -212,6 +212,7 @@ def test_stop_outcome_judges_the_stop_against_the_unstopped_run():
   unstopped = [0.50, 0.70, 0.80, 0.82, 0.85, 0.88, 0.90, 0.95, 0.93]
   out = algoperf.stop_outcome(stopped, 40, unstopped, 10, True)
   assert out["best_step"] == 80 and out["best_overall"] == 0.95
+  assert out["stop_over_best"] == pytest.approx(0.5)
   assert out["best_at_stop"] == 0.80
   assert out["relative_loss"] == pytest.approx(0.15 / 0.95)
   # Judged against itself (the frozen run) nothing would ever look lost: the flaw this avoids.
@@ -219,4 +220,5 @@ def test_stop_outcome_judges_the_stop_against_the_unstopped_run():
   # Never stopped: its whole run counts; lower is better for a loss metric.
   loss = algoperf.stop_outcome([3.0, 2.5, 2.6], None, [3.0, 2.4, 2.6], 5, False)
   assert loss["stop_step"] is None and loss["best_step"] == 10
+  assert loss["stop_over_best"] == pytest.approx(1.5)  # the run's end, step 15, over 10
   assert loss["relative_loss"] == pytest.approx(0.1 / 2.4)
