@@ -194,3 +194,39 @@ def stop_outcome(
     best_at_stop=best_at_stop,
     relative_loss=relative_loss(best_at_stop, best_overall, higher_is_better),
   )
+
+
+def replay_validation_stop(
+  validation_curve: Sequence[float],
+  eval_every: int,
+  patience: int,
+  initial: float = math.inf,
+) -> Optional[int]:
+  """The step at which ``stop_when(validation_patience=patience)`` would fire, replayed offline.
+
+  As the workloads' trainer feeds it: every update passes the latest measured validation loss,
+  ``initial`` (measured before training) during the first block and ``validation_curve[j]``
+  (after block ``j + 1``) during block ``j + 2``. An update with a new lowest finite loss resets
+  the count, any other adds one, and the stop fires at the update whose count reaches
+  ``patience`` (the trainer's recorded stop step). None: it would not fire within the curve.
+  """
+  seen = [initial] + list(np.asarray(validation_curve, float))
+  best, since = math.inf, 0
+  for block in range(len(seen) - 1):  # the last value arrives after the run's final update
+    value = seen[block]
+    for k in range(eval_every):
+      improved = math.isfinite(value) and value < best
+      best, since = (value, 0) if improved else (best, since + 1)
+      if since >= patience:
+        return block * eval_every + k + 1
+  return None
+
+
+def kept_before_stop(
+  curve: Sequence[float], stop_step: Optional[int], eval_every: int, higher_is_better: bool
+) -> float:
+  """The best of the evaluations made strictly before a replayed stop (all if None): the metric
+  a run that stopped there is sure to keep (its params freeze at the update before the stop)."""
+  if stop_step is None:
+    return best_of_run(curve, higher_is_better)
+  return best_of_run(list(curve)[: (stop_step - 1) // eval_every], higher_is_better)

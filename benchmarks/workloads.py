@@ -78,7 +78,8 @@ SGD_GRID = {"long": (0.01, 0.03, 0.1, 0.3, 1.0), "short": (0.03, 0.1, 0.3)}
 WARMUP_FRACTION = 0.05
 ROBUST_LRS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 # The validation patience as a fraction of B, the patience guide.md recommends (about 30% of the
-# planned run): chosen on seeds 10-14, never the suite's own (benchmarks/README.md).
+# planned run): chosen on seeds 10-14, never the suite's own (`python -m benchmarks.stop_patience`,
+# benchmarks/README.md).
 STOP_PATIENCE_FRACTION = 0.3
 # A whole long run at the defaults, where a collapsing rate shows (the old auto_nag_sgd froze from
 # step ~1,000 and sat at its 1e-8 floor by 2,500-4,000 on digits MLPs).

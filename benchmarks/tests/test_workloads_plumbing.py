@@ -222,3 +222,36 @@ def test_stop_outcome_judges_the_stop_against_the_unstopped_run():
   assert loss["stop_step"] is None and loss["best_step"] == 10
   assert loss["stop_over_best"] == pytest.approx(1.5)  # the run's end, step 15, over 10
   assert loss["relative_loss"] == pytest.approx(0.1 / 2.4)
+
+
+@pytest.mark.parametrize("patience", [1, 3, 7, 12])
+def test_replayed_validation_stop_matches_stop_when(patience):
+  # The replay must fire at the very update where stop_when(validation_patience=...) fires when
+  # fed as the workloads' trainer feeds it: the latest validation loss at every update.
+  import jax.numpy as jnp
+  import optax
+
+  import nag_optax
+
+  every = 4
+  initial = 3.0
+  curve = [2.0, 1.5, 1.6, 1.7, 1.4, 1.45, 1.5, 1.55, 1.6, 1.3, 1.35, 1.4, 1.5, 1.6, 1.7, 1.8]
+  tx = nag_optax.stop_when(optax.sgd(0.1), validation_patience=patience)
+  params = jnp.zeros(2)
+  state = tx.init(params)
+  seen = [initial] + curve
+  fired = None
+  for t in range(1, (len(seen) - 1) * every + 1):
+    _, state = tx.update(jnp.ones(2), state, params, validation_loss=seen[(t - 1) // every])
+    if nag_optax.should_stop(state):
+      fired = t
+      break
+  assert algoperf.replay_validation_stop(curve, every, patience, initial) == fired
+  assert fired is not None  # every patience here fires within the run
+
+
+def test_kept_before_stop_counts_only_earlier_evaluations():
+  curve = [0.5, 0.7, 0.9, 0.8]
+  assert algoperf.kept_before_stop(curve, 9, 4, True) == 0.7  # evaluations at steps 4 and 8
+  assert algoperf.kept_before_stop(curve, 8, 4, True) == 0.5  # the step-8 one comes too late
+  assert algoperf.kept_before_stop(curve, None, 4, True) == 0.9
