@@ -156,6 +156,16 @@ def relative_loss(best_at_stop: float, best_overall: float, higher_is_better: bo
   return float(gap / abs(best_overall))
 
 
+def step_of_best(curve: Sequence[float], eval_every: int, higher_is_better: bool) -> Optional[int]:
+  """The step of the first evaluation with the best metric (NaN ignored; None if all NaN)."""
+  values = np.asarray(curve, float)
+  finite = np.isfinite(values)
+  if not finite.any():
+    return None
+  masked = np.where(finite, values, -np.inf if higher_is_better else np.inf)
+  return (int(np.argmax(masked) if higher_is_better else np.argmin(masked)) + 1) * eval_every
+
+
 def stop_outcome(
   stopped_curve: Sequence[float],
   stop_step: Optional[int],
@@ -175,13 +185,7 @@ def stop_outcome(
   issue's goal is within 10% of it: 0.9 to 1.1).
   """
   ref = np.asarray(reference_curve, float)
-  finite = np.isfinite(ref)
-  if finite.any():
-    masked = np.where(finite, ref, -np.inf if higher_is_better else np.inf)
-    best_i = int(np.argmax(masked) if higher_is_better else np.argmin(masked))
-    best_step = (best_i + 1) * eval_every
-  else:
-    best_step = None
+  best_step = step_of_best(ref, eval_every, higher_is_better)
   best_overall = best_of_run(ref, higher_is_better)
   upto = stopped_curve[: -(-stop_step // eval_every)] if stop_step else stopped_curve
   best_at_stop = best_of_run(upto, higher_is_better)

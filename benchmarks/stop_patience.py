@@ -38,7 +38,7 @@ def curves(name: str, factory, seeds: list) -> tuple:
   every = max(1, budget // workloads.SETTINGS["full"]["evals"])
   blocks = int(workloads.SELF_TUNING_FACTOR * budget) // every
   wl = core.WORKLOADS[name]()
-  params = jax.tree.map(lambda *a: jnp.stack(a), *[wl.init_params(s)[1] for s in seeds])
+  params = workloads._stack([wl.init_params(s)[1] for s in seeds])
   batches = jnp.stack([jnp.asarray(wl.batch_indices(s, blocks * every)) for s in seeds])
   trainer = core.make_trainer(wl, lambda *_: factory(), blocks, every, pass_validation_loss=True)
   out = jax.device_get(jax.jit(jax.vmap(trainer))(params, batches))
@@ -50,12 +50,11 @@ def outcome(metric, val_loss, budget, every, higher_is_better, fraction) -> tupl
   stop = algoperf.replay_validation_stop(val_loss, every, max(every, int(fraction * budget)))
   kept = algoperf.kept_before_stop(metric, stop, every, higher_is_better)
   best = algoperf.best_of_run(metric, higher_is_better)
-  curve = metric if higher_is_better else -metric
-  best_step = (int(np.argmax(curve)) + 1) * every
-  end = len(metric) * every
+  best_step = algoperf.step_of_best(metric, every, higher_is_better)
   lost = algoperf.relative_loss(kept, best, higher_is_better)
   # No evaluation before the stop (or a diverged run): count it as everything lost.
-  return (lost if np.isfinite(lost) else 1.0), (stop or end) / best_step
+  ratio = (stop or len(metric) * every) / best_step if best_step else np.nan
+  return (lost if np.isfinite(lost) else 1.0), ratio
 
 
 def main(argv=None) -> None:

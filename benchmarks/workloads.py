@@ -596,7 +596,7 @@ def render_markdown(suite: WorkloadsResult) -> str:
           + " | "
           + ", ".join(_steps(p["best_step"]) for p in ps)
           + " | "
-          + ", ".join(_fmt(p.get("stop_over_best"), ".2f") for p in ps)
+          + ", ".join(_fmt(p["stop_over_best"], ".2f") for p in ps)
           + " | "
           + ", ".join(_fmt(100 * p["relative_loss"], ".2f") + "%" for p in ps)
           + " |"

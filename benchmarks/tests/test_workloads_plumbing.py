@@ -255,3 +255,9 @@ def test_kept_before_stop_counts_only_earlier_evaluations():
   assert algoperf.kept_before_stop(curve, 9, 4, True) == 0.7  # evaluations at steps 4 and 8
   assert algoperf.kept_before_stop(curve, 8, 4, True) == 0.5  # the step-8 one comes too late
   assert algoperf.kept_before_stop(curve, None, 4, True) == 0.9
+
+
+def test_step_of_best_takes_the_first_best_and_ignores_nan():
+  assert algoperf.step_of_best([0.5, 0.9, 0.9, math.nan], 10, True) == 20
+  assert algoperf.step_of_best([3.0, math.nan, 2.0, 2.5], 5, False) == 15
+  assert algoperf.step_of_best([math.nan, math.nan], 5, True) is None
