@@ -43,8 +43,19 @@ def _heavy_ball(p, lr):
   return optax.sgd(4.0 / (root_l + root_mu) ** 2, momentum=q**2)
 
 
+def _best_nesterov(p, lr):
+  del lr
+  step, momentum, _ = quadratics.best_nesterov_parameters(p["lipschitz"], p["strong_convexity"])
+  return nag_optax.nag(step, momentum)
+
+
 METHODS = (
   methods.Method("heavy ball, optimal a and b", _heavy_ball, needs="L and mu"),
+  methods.Method(
+    "Nesterov, best fixed step 4/(3L+mu) and momentum (Lessard, Recht & Packard)",
+    _best_nesterov,
+    needs="L and mu",
+  ),
   methods.Method(
     "Nesterov, step 1/L, momentum q (nag_optax.nag strongly_convex)",
     lambda p, lr: nag_optax.nag(

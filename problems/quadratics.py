@@ -127,6 +127,16 @@ def nesterov_transfer_matrix(eigenvalue: float, step: float, momentum: float) ->
   return np.array([[1.0 - h * (1.0 + b), b * b], [-h, b]])
 
 
+def best_nesterov_parameters(lipschitz, strong_convexity):
+  """The best constant (step, momentum) of Nesterov's method on quadratics with spectrum in
+  [mu, L], and its linear rate (Lessard, Recht & Packard 2016): step ``4 / (3 L + mu)``, momentum
+  ``(r - 2) / (r + 2)`` with ``r = sqrt(3 kappa + 1)``, rate ``1 - 2 / r``, about
+  ``1 - 2 / sqrt(3 kappa)``: in iterations about ``sqrt(3) = 1.73`` times the first-order lower
+  bound, against 2 for the textbook pair ``(1/L, q)``. Works on floats and traced jnp scalars."""
+  r = jnp.sqrt(3.0 * lipschitz / strong_convexity + 1.0)
+  return 4.0 / (3.0 * lipschitz + strong_convexity), (r - 2.0) / (r + 2.0), 1.0 - 2.0 / r
+
+
 def nesterov_closed_form(
   quadratic: Quadratic, step: float, momentum: float, num_steps: int
 ) -> np.ndarray:

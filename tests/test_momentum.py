@@ -373,3 +373,40 @@ def test_condition_number_from_restart_interval():
   np.testing.assert_allclose(
     float(nag_optax.condition_number_from_restart_interval(math.pi * 50.0)), 1e4, rtol=1e-6
   )
+
+
+@pytest.mark.parametrize("condition_number", [10.0, 1e2, 1e4, 1e6])
+def test_best_nesterov_parameters_rate_and_optimality(x64, condition_number):
+  # The spectral radius of the 2x2 recurrence over [mu, L] is the closed-form rate, and no pair
+  # on a grid around the best one does better (Lessard, Recht & Packard's optimisation).
+  eig = np.concatenate([quadratics.spectrum(400, condition_number, "log"), [1.0, condition_number]])
+  q = quadratics.Quadratic(
+    matrix=np.diag(eig), eigenvalues=eig, x_star=np.zeros(eig.size), x0=np.ones(eig.size)
+  )
+  step, b, rate = (float(v) for v in quadratics.best_nesterov_parameters(condition_number, 1.0))
+  np.testing.assert_allclose(rate, 1.0 - 2.0 / math.sqrt(3.0 * condition_number + 1.0), rtol=1e-12)
+  np.testing.assert_allclose(quadratics.nesterov_spectral_radius(q, step, b), rate, rtol=1e-8)
+  for step_factor in (0.95, 1.03):
+    for gap_factor in (0.9, 1.1):
+      other = quadratics.nesterov_spectral_radius(q, step * step_factor, 1 - (1 - b) * gap_factor)
+      assert other > rate
+  # Better than the textbook pair (1/L, q), whose rate is 1 - 1/sqrt(kappa).
+  assert rate < quadratics.nesterov_spectral_radius(q, 1.0 / condition_number, q.q)
+
+
+def test_best_nesterov_parameters_converge_at_their_rate(x64):
+  condition_number = 1e3
+  eig = quadratics.spectrum(30, condition_number, "log")
+  q = quadratics.Quadratic(
+    matrix=np.diag(eig),
+    eigenvalues=eig,
+    x_star=np.zeros(30),
+    x0=np.random.default_rng(0).standard_normal(30),
+  )
+  step, b, rate = (float(v) for v in quadratics.best_nesterov_parameters(condition_number, 1.0))
+  n1 = int(math.log(1e-30) / math.log(rate))
+  n2 = int(math.log(1e-150) / math.log(rate))
+  xs, _ = loops.iterates(_sgd_nesterov(step, momentum=b), q.value, jnp.asarray(q.x0), n2)
+  norms = np.linalg.norm(np.asarray(xs), axis=1)
+  observed = (norms[n2] / norms[n1]) ** (1.0 / (n2 - n1))
+  assert abs(observed - rate) <= 0.02 * (1.0 - rate)
