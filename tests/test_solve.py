@@ -180,3 +180,27 @@ def test_a_solution_prints_readably():
   text = repr(sol)
   assert text.startswith("Solution(RTOL: gradient norm <= rtol")
   assert "steps=" in text and "params=(3,)" in text and "Array(" not in text
+
+
+def test_minimize_accepts_python_floats_and_scipy_style_args():
+  # minimize(loss, 0.0), the scipy-style first try, and a non-tuple args as the one argument.
+  sol = nag_optax.minimize(lambda x: (x - 2.0) ** 2, 0.0)
+  assert sol.stop_reason.name == "RTOL" and abs(float(sol.params) - 2.0) < 1e-3
+  sol = nag_optax.minimize(lambda x: sum((xi - 1.0) ** 2 for xi in x), [0.0, 0.5])
+  np.testing.assert_allclose([float(v) for v in sol.params], [1.0, 1.0], atol=1e-3)
+  sol = nag_optax.minimize(lambda x, c: jnp.sum((x - c) ** 2), jnp.zeros(3), args=jnp.arange(3.0))
+  np.testing.assert_allclose(sol.params, [0.0, 1.0, 2.0], atol=1e-3)
+  with pytest.raises(TypeError, match="leaf"):
+    nag_optax.minimize(lambda x: (x - 2.0) ** 2, 0)  # a Python int: integer params
+
+
+def test_minimize_names_the_mistake_in_optimizer_and_has_aux():
+  loss = lambda x: jnp.sum(x**2)  # noqa: E731
+  with pytest.raises(TypeError, match=r"optimizer .*call the factory"):
+    nag_optax.minimize(loss, jnp.ones(3), nag_optax.auto_nag)
+  with pytest.raises(TypeError, match="optimizer must be an optax"):
+    nag_optax.minimize(loss, jnp.ones(3), 0.1)
+  with pytest.raises(ValueError, match="has_aux=True"):
+    nag_optax.minimize(lambda x: (jnp.sum(x**2), x), jnp.ones(3))
+  with pytest.raises(ValueError, match=r"pair \(loss, aux\)"):
+    nag_optax.minimize(loss, jnp.ones(3), has_aux=True)

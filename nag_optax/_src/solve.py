@@ -120,11 +120,12 @@ def minimize(
 
   Args:
     fun: the loss ``fun(params, *args) -> scalar`` (or ``(scalar, aux)`` with ``has_aux``).
-    params: the starting point, any pytree of float arrays.
+    params: the starting point, any pytree of float arrays (Python floats become arrays).
     optimizer: an Optax transformation; ``None`` for ``auto_nag()``.
     max_steps: the most updates to apply.
     has_aux: whether ``fun`` returns ``(value, aux)``.
-    args: extra positional arguments for ``fun``.
+    args: extra positional arguments for ``fun``, a tuple; anything else is passed as the one
+      extra argument (as in ``scipy.optimize.minimize``).
     gtol, rtol, ftol, xtol: tolerances for :func:`stop_when` (see there).
     callback: ``callback(step, value, grad_norm)``, called on the host every ``callback_every``
       steps through ``jax.debug.callback``; ``None`` (the default) adds nothing to the loop.
@@ -149,6 +150,20 @@ def minimize(
   for name, tol in (("gtol", gtol), ("rtol", rtol), ("ftol", ftol), ("xtol", xtol)):
     if tol is not None:
       validation.check_range(name, tol, low=0.0)
+  if optimizer is not None and not (
+    callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))
+  ):
+    hint = " (call the factory: e.g. nag_optax.auto_nag())" if callable(optimizer) else ""
+    raise TypeError(
+      f"optimizer must be an optax GradientTransformation (with init and update) or None, got "
+      f"{type(optimizer).__name__}{hint}."
+    )
+  if not isinstance(args, tuple):  # as scipy.optimize.minimize: anything else is one argument
+    args = (args,)
+  # Python scalars (minimize(loss, 0.0), a list of floats) become arrays of their NumPy dtype.
+  params = jax.tree.map(
+    lambda x: x if isinstance(x, jax.Array) else jnp.asarray(np.asarray(x)), params
+  )
   _check_initial_params(params)
   if optimizer is None:
     _warn_if_below_resolution(
@@ -163,7 +178,7 @@ def minimize(
     run = _compiled_loop(*key)
   except TypeError:  # an unhashable fun or callback: build the loop for this call only
     run = _compiled_loop.__wrapped__(*key)
-  return run(params, tuple(args))
+  return run(params, args)
 
 
 def _check_initial_params(params) -> None:
@@ -235,7 +250,18 @@ def _loop(fun, optimizer, params, args, has_aux, max_steps, callback, callback_e
     out = fun(p, *args)
     return out[0] if has_aux else out
 
-  shape = jax.eval_shape(value_fn, params).shape  # at trace time only
+  returned = jax.eval_shape(lambda p: fun(p, *args), params)  # at trace time only
+  if has_aux and not (isinstance(returned, (tuple, list)) and len(returned) == 2):
+    raise ValueError(
+      "with has_aux=True fun must return a pair (loss, aux); it returned "
+      f"{type(returned).__name__}."
+    )
+  if not has_aux and not hasattr(returned, "shape"):
+    raise ValueError(
+      f"fun must return a scalar loss; it returned a {type(returned).__name__}. If it returns "
+      "(loss, aux), pass has_aux=True."
+    )
+  shape = getattr(returned[0] if has_aux else returned, "shape", None)
   if shape != ():
     raise ValueError(
       f"fun must return a scalar loss (with has_aux=True: (loss, aux)); it "
