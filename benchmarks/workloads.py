@@ -254,6 +254,7 @@ def _summary(wl, out_lane, eval_every, budget) -> dict:
     final_metric=float(np.median(metric[:, -1])),
     final_val_loss=float(np.median(out_lane["val_loss"][:, -1])),
     final_train_loss=float(np.median(out_lane["train_loss"][:, -1])),
+    final_train_loss_evaluated=float(np.median(out_lane["train_loss_eval"][:, -1])),
     lr_curve=(np.nanmedian(lr, 0).tolist() if np.isfinite(lr).any() else None),
   )
 
@@ -554,8 +555,9 @@ def render_markdown(suite: WorkloadsResult) -> str:
       ]
     parts += [
       "| method | lr | steps to target (per seed) | vs target setter | val metric at B | "
-      "at 1.5 B | val loss (end) | train loss (last block) | ms/step | final lr |",
-      "|---|---|---|---|---|---|---|---|---|---|",
+      "at 1.5 B | val loss (end) | train loss (last block) | train loss (evaluated, end) | "
+      "ms/step | final lr |",
+      "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     setter_steps = res["methods"][res["target_set_by"]]["steps_to_target"]
     for n, e in res["methods"].items():
@@ -571,6 +573,7 @@ def render_markdown(suite: WorkloadsResult) -> str:
         f"{_fmt(vs, '.2f') if math.isfinite(vs) else '-'} | {_fmt(v['metric_at_B'], '.4f')} | "
         f"{_fmt(v['metric_at_1_5B'], '.4f') if e['kind'] != 'baseline' else '—'} | "
         f"{_fmt(v['final_val_loss'], '.4f')} | {_fmt(v['final_train_loss'], '.4f')} | "
+        f"{_fmt(v.get('final_train_loss_evaluated', math.nan), '.4f')} | "
         f"{e['ms_per_step']:.2f} | {final_lr} |"
       )
     if res["stop"]:
@@ -893,7 +896,12 @@ adam {ADAM_GRID[g]}, sgd {SGD_GRID[g]} (best lr = best median-over-seeds best va
 budget B; self-tuning peers at their defaults in the installed optax and nag_optax's tuning-free
 optimizers called with no argument (every method gets `value=loss` each step, as Flax NNX's
 `optimizer.update(model, grads, value=loss)` passes it), budget 1.5 B. Schedule-free methods are
-evaluated at `schedule_free_eval_params`. Target per workload (AlgoPerf): median over seeds of
+evaluated at `schedule_free_eval_params`, a method that keeps an iterate average
+(`nag_optax.auto_nadamw()`) at `nag_optax.averaged_params` (the validation loss its stopping
+signal reads too); the others at their training params. Train loss (last block): the mean
+minibatch loss of the training params over the last evaluation block; train loss (evaluated,
+end): the loss of the evaluated params at the end on a fixed sample of the training split as
+large as the validation split. Target per workload (AlgoPerf): median over seeds of
 the best validation metric of the best tuned baseline. Steps to target: first evaluation at or
 beyond it, median over seeds (a miss within B for baselines / 1.5 B for self-tuning = "-").
 ms/step: {ms_rule}, evaluation included.

@@ -421,6 +421,16 @@ def learning_rate_of(state) -> jax.Array:
   return jnp.ravel(leaves[0])[0].astype(jnp.float32) if leaves else jnp.float32(jnp.nan)
 
 
+def evaluated_params(params, state):
+  """The params a method is evaluated at: its iterate average when its state keeps one
+  (``nag_optax.average_iterates``, e.g. inside ``auto_nadamw()``), else the training params.
+  Decided from the state's structure, at trace time."""
+  try:
+    return nag_optax.averaged_params(state, params)
+  except ValueError:
+    return params
+
+
 def make_trainer(
   wl: Workload,
   make_optimizer: Callable[..., optax.GradientTransformation],
@@ -439,14 +449,25 @@ def make_trainer(
   ``pass_validation_loss`` also ``validation_loss=`` the latest measured validation loss
   (measured once before training, then after each block). Per evaluation block the result
   holds ``metric`` and ``val_loss`` (validation), ``train_loss`` (mean training loss in the
-  block) and ``lr`` (the state's learning rate, NaN if none); with ``record_stop``, ``stop`` is
-  the first step at which ``nag_optax.should_stop(state)`` held (-1 if never).
-  ``eval_params(params, state)`` maps the training params to the evaluated ones.
+  block), ``train_loss_eval`` (the training loss of the evaluated params on a fixed sample of
+  the training data as large as the validation split) and ``lr`` (the state's learning rate, NaN
+  if none); with ``record_stop``, ``stop`` is the first step at which
+  ``nag_optax.should_stop(state)`` held (-1 if never).
+  ``eval_params(params, state)`` maps the training params to the evaluated ones; by default
+  :func:`evaluated_params` (the iterate average of a method that keeps one).
   """
   graphdef, _ = wl.init_params(0)
   x_tr, y_tr = wl.arrays("train")
   x_va, y_va = wl.arrays("validation")
   context = CONTEXT
+  eval_params = eval_params or evaluated_params
+  n_sample = x_va.shape[0]
+  if wl.language_model:
+    starts = np.linspace(0, x_tr.shape[0] - context - 2, n_sample).astype(np.int64)
+    x_sample, y_sample = x_tr[jnp.asarray(starts)[:, None] + jnp.arange(context + 1)], None
+  else:
+    pick = np.linspace(0, x_tr.shape[0] - 1, n_sample).astype(np.int64)
+    x_sample, y_sample = x_tr[pick], y_tr[pick]
 
   def logits_and_labels(params, xb, yb):
     model = nnx.merge(graphdef, params)
@@ -492,18 +513,22 @@ def make_trainer(
     def block(carry, block_batches):
       carry, values = jax.lax.scan(step, carry, block_batches)
       params, state, _, stop, t = carry
-      shown = eval_params(params, state) if eval_params else params
+      shown = eval_params(params, state)
       metric, val_loss = evaluate(shown)
+      train_loss_eval = loss_fn(shown, x_sample, y_sample)
       carry = (params, state, val_loss, stop, t)
-      return carry, (metric, val_loss, jnp.mean(values), learning_rate_of(state))
+      return carry, (metric, val_loss, jnp.mean(values), train_loss_eval, learning_rate_of(state))
 
     batches = batches[: blocks * eval_every].reshape(blocks, eval_every, -1)
     carry0 = (params, state, val_loss0, jnp.int32(-1), jnp.int32(0))
-    carry, (metric, val_loss, train_loss, lr) = jax.lax.scan(block, carry0, batches)
+    carry, (metric, val_loss, train_loss, train_loss_eval, lr) = jax.lax.scan(
+      block, carry0, batches
+    )
     return {
       "metric": metric,
       "val_loss": val_loss,
       "train_loss": train_loss,
+      "train_loss_eval": train_loss_eval,
       "lr": lr,
       "stop": carry[3],
     }

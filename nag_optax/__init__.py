@@ -4,6 +4,9 @@ from nag_optax._src.alias import auto_nag
 from nag_optax._src.alias import auto_nadamw
 from nag_optax._src.alias import auto_nag_sgd
 from nag_optax._src.alias import nag
+from nag_optax._src.averaging import AverageIteratesState
+from nag_optax._src.averaging import average_iterates
+from nag_optax._src.averaging import averaged_params
 from nag_optax._src.momentum import NesterovState
 from nag_optax._src.momentum import condition_number_from_restart_interval
 from nag_optax._src.momentum import momentum_from_condition_number
@@ -28,6 +31,9 @@ from nag_optax._src.stopping import stop_when
 __version__ = "0.1.0"
 
 __all__ = (
+  "AverageIteratesState",
+  "average_iterates",
+  "averaged_params",
   "NesterovState",
   "ScaleByBacktrackingState",
   "ScaleByCurvatureState",

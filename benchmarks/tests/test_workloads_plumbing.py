@@ -163,8 +163,8 @@ def test_trainer_smoke(name):
       )
     )
     out = jax.device_get(train(params, batches, jnp.float32(0.1)))
-  assert set(out) == {"metric", "val_loss", "train_loss", "lr", "stop"}
-  for key in ("metric", "val_loss", "train_loss"):
+  assert set(out) == {"metric", "val_loss", "train_loss", "train_loss_eval", "lr", "stop"}
+  for key in ("metric", "val_loss", "train_loss", "train_loss_eval"):
     assert out[key].shape == (blocks,) and np.isfinite(out[key]).all()
   assert out["stop"].shape == () and out["stop"] >= -1
   if name == "stdlib_lm":
@@ -261,3 +261,31 @@ def test_step_of_best_takes_the_first_best_and_ignores_nan():
   assert algoperf.step_of_best([0.5, 0.9, 0.9, math.nan], 10, True) == 20
   assert algoperf.step_of_best([3.0, math.nan, 2.0, 2.5], 5, False) == 15
   assert algoperf.step_of_best([math.nan, math.nan], 5, True) is None
+
+
+def test_trainer_evaluates_an_iterate_average_by_default():
+  import jax
+  import jax.numpy as jnp
+  import optax
+  import nag_optax
+  from benchmarks import workloads_core as core
+
+  wl = core.WORKLOADS["digits_mlp"]()
+  _, params = wl.init_params(0)
+  blocks, every = 2, 10
+  batches = jnp.asarray(wl.batch_indices(0, blocks * every))
+  make = lambda lr: nag_optax.average_iterates(optax.sgd(lr), power=0.0)  # noqa: E731
+
+  def run(**kwargs):
+    train = jax.jit(core.make_trainer(wl, make, blocks, every, **kwargs))
+    return jax.device_get(train(params, batches, jnp.float32(0.1)))
+
+  with jax.enable_x64(False):
+    default = run()
+    averaged = run(eval_params=lambda p, s: nag_optax.averaged_params(s, p))
+    raw = run(eval_params=lambda p, s: p)
+  for key in ("val_loss", "train_loss_eval", "train_loss"):
+    np.testing.assert_array_equal(default[key], averaged[key])
+  assert np.all(default["val_loss"] != raw["val_loss"])
+  assert np.all(default["train_loss_eval"] != raw["train_loss_eval"])
+  np.testing.assert_array_equal(default["train_loss"], raw["train_loss"])  # training params

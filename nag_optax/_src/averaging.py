@@ -1,0 +1,170 @@
+"""Iterate averaging around any transformation: the polynomial-decay average of the params."""
+
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from nag_optax._src import numerics
+from nag_optax._src import validation
+
+
+class AverageIteratesState(NamedTuple):
+  """State of :func:`average_iterates`."""
+
+  inner_state: Any  #: state of the wrapped transformation.
+  count: jax.Array  #: int32: number of updates averaged.
+  averaged_params: Any  #: the average of the params after each update (float32 or wider).
+
+
+def average_iterates(
+  inner: optax.GradientTransformation,
+  *,
+  power: jax.typing.ArrayLike = 7.0,
+  accumulator_dtype: Optional[jax.typing.DTypeLike] = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Keep the polynomial-decay average of the iterates of any transformation.
+
+  The updates are ``inner``'s, unchanged; the state also keeps the average of the params after
+  each update, ``x_t = params + updates``:
+
+  .. math::
+
+    \bar x_t = (1 - c_t)\, \bar x_{t-1} + c_t\, x_t, \qquad c_t = \frac{p + 1}{t + p},
+
+  so ``bar x_t`` weighs ``x_s`` by ``Gamma(s + p) / Gamma(s)``, about ``s^p`` (Shamir & Zhang's
+  polynomial-decay averaging): ``p = 0`` is the uniform (Polyak-Ruppert) average, and with the
+  default ``p = 7`` the last quarter of the run carries 90% of the weight, the last tenth 57%.
+  The average forgets the start at the pace of the run itself, with no horizon to set. Under
+  minibatch noise it does what a decaying learning rate does at the end of a schedule: it
+  averages the noise away while training continues at the full rate. Evaluate (and deploy) the
+  average, read with :func:`averaged_params`; keep training the params themselves.
+
+  Put it inside :func:`stop_when`: a skipped (non-finite) step then leaves the average as it was.
+
+  Memory: one parameter-sized buffer, in ``accumulator_dtype`` (default: the params' dtype, but
+  at least float32, since the average's increments shrink like ``p / t``).
+
+  Args:
+    inner: the transformation whose iterates are averaged.
+    power: the exponent ``p >= 0`` of the weights.
+    accumulator_dtype: dtype of the average; ``None`` for the params' dtype promoted to at least
+      float32.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; its ``update`` needs ``params``.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax, nag_optax
+    >>> tx = nag_optax.average_iterates(optax.sgd(0.1), power=0.0)
+    >>> params = jnp.zeros(2)
+    >>> state = tx.init(params)
+    >>> for _ in range(4):  # x_t = 0.1 t, t = 1..4; their mean is 0.25
+    ...   updates, state = tx.update(-jnp.ones(2), state, params)
+    ...   params = optax.apply_updates(params, updates)
+    >>> print(jnp.round(nag_optax.averaged_params(state), 4))
+    [0.25 0.25]
+
+  References:
+    Shamir & Zhang, `Stochastic gradient descent for non-smooth optimization: convergence
+    results and optimal averaging schemes <https://arxiv.org/abs/1212.1824>`_, ICML 2013.
+
+    Polyak & Juditsky, `Acceleration of stochastic approximation by averaging
+    <https://doi.org/10.1137/0330046>`_, 1992.
+  """
+  if not (isinstance(inner, optax.GradientTransformation) or _is_transformation(inner)):
+    hint = " (call the factory, e.g. optax.sgd(0.1))" if callable(inner) else ""
+    raise TypeError(
+      f"inner must be an optax GradientTransformation, got {type(inner).__name__}{hint}."
+    )
+  validation.check_range("power", power, low=0.0)
+  if accumulator_dtype is not None:
+    validation.check_float_dtype("accumulator_dtype", accumulator_dtype)
+  inner = optax.with_extra_args_support(inner)
+
+  def average_dtype(leaf):
+    if accumulator_dtype is not None:
+      return jnp.dtype(accumulator_dtype)
+    return jnp.promote_types(jnp.asarray(leaf).dtype, jnp.float32)
+
+  def init_fn(params):
+    validation.check_float_params(params)
+    return AverageIteratesState(
+      inner_state=inner.init(params),
+      count=jnp.zeros((), jnp.int32),
+      averaged_params=jax.tree.map(lambda x: jnp.asarray(x).astype(average_dtype(x)), params),
+    )
+
+  def update_fn(updates, state, params=None, **extra_args):
+    if params is None:
+      raise ValueError(
+        "average_iterates needs params: call update(updates, state, params) (Flax NNX's "
+        "optimizer.update and optax's usual loop pass them)."
+      )
+    new_updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
+    count = optax.safe_increment(state.count)
+    dtype = numerics.scalar_dtype(state.averaged_params)
+    p = jnp.asarray(power).astype(dtype)
+    weight = (p + 1.0) / (count.astype(dtype) + p)  # 1 at the first update
+
+    def mix(avg, x, u):
+      x_new = x.astype(avg.dtype) + u.astype(avg.dtype)
+      return avg + weight.astype(avg.dtype) * (x_new - avg)
+
+    averaged = jax.tree.map(mix, state.averaged_params, params, new_updates)
+    return new_updates, AverageIteratesState(inner_state, count, averaged)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _is_transformation(x: Any) -> bool:
+  return callable(getattr(x, "init", None)) and callable(getattr(x, "update", None))
+
+
+def _is_box(x: Any) -> bool:
+  """A framework's variable box around an array (Flax NNX keeps optimizer state in them)."""
+  return hasattr(x, "get_value") and not isinstance(x, jax.Array)
+
+
+def _unbox(x: Any) -> Any:
+  return x.get_value() if _is_box(x) else x
+
+
+def averaged_params(state: Any, params: Any = None) -> Any:
+  """The average kept by :func:`average_iterates` (e.g. inside :func:`auto_nadamw`), found
+  anywhere in an optimizer state (through ``stop_when``, ``optax.chain``,
+  ``optax.inject_hyperparams``, ``optax.MultiSteps``, Flax NNX's ``optimizer.opt_state``).
+
+  Evaluate the model at these params. With ``params`` given (the training params, or any tree
+  with the same leaves) each leaf is cast to the dtype of the matching leaf, so the average drops
+  into the model: with Flax NNX,
+  ``nnx.update(eval_model, averaged_params(optimizer.opt_state, nnx.state(model, nnx.Param)))``.
+  Flax NNX's variable boxes are unwrapped to arrays.
+
+  Raises:
+    ValueError: the state holds no average, or more than one.
+  """
+  found = [
+    s.averaged_params
+    for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, AverageIteratesState))
+    if isinstance(s, AverageIteratesState)
+  ]
+  if not found:
+    raise ValueError(
+      "the optimizer state holds no iterate average: build the optimizer with "
+      "nag_optax.average_iterates(...) (auto_nadamw() includes one by default)."
+    )
+  if len(found) > 1:
+    raise ValueError(f"the optimizer state holds {len(found)} iterate averages; expected one.")
+  leaves, treedef = jax.tree.flatten(found[0], is_leaf=_is_box)
+  leaves = [_unbox(x) for x in leaves]
+  if params is not None:
+    like = [_unbox(x) for x in jax.tree.leaves(params, is_leaf=_is_box)]
+    if len(like) != len(leaves):
+      raise ValueError(
+        f"params has {len(like)} leaves but the average has {len(leaves)}; pass the params the "
+        "optimizer trains."
+      )
+    leaves = [a.astype(jnp.asarray(x).dtype) for a, x in zip(leaves, like)]
+  return jax.tree.unflatten(treedef, leaves)

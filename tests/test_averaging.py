@@ -1,0 +1,143 @@
+"""average_iterates(): the polynomial-decay average of the iterates against a NumPy reference."""
+
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import nag_optax
+from problems import quadratics
+from tests import loops
+
+
+def _problem():
+  q = quadratics.make_quadratic(12, 50.0, seed=1)
+  return q, jnp.asarray(q.x0)
+
+
+def _reference_average(xs: np.ndarray, power: float) -> np.ndarray:
+  """sum_s w_s x_s / sum_s w_s over the iterates x_1..x_t after each update, with Shamir &
+  Zhang's polynomial-decay weights w_s = Gamma(s + power) / Gamma(s) (~ s^power)."""
+  t = xs.shape[0] - 1
+  s = np.arange(1, t + 1)
+  log_w = np.array([math.lgamma(k + power) - math.lgamma(k) for k in s])
+  w = np.exp(log_w - log_w.max())
+  return (w[:, None] * xs[1:]).sum(0) / w.sum()
+
+
+@pytest.mark.parametrize("power", [0.0, 1.0, 2.5, 7.0])
+def test_average_matches_reference_weights(x64, power):
+  q, x0 = _problem()
+  inner = nag_optax.nag(0.5 / q.lipschitz)
+  num_steps = 60
+  xs, _ = loops.iterates(inner, q.value, x0, num_steps)
+  _, state = loops.iterates(nag_optax.average_iterates(inner, power=power), q.value, x0, num_steps)
+  expected = _reference_average(np.asarray(xs), power)
+  np.testing.assert_allclose(nag_optax.averaged_params(state), expected, rtol=1e-12, atol=1e-13)
+  if power == 0.0:  # the uniform (Polyak-Ruppert) average of x_1..x_t
+    np.testing.assert_allclose(expected, np.asarray(xs)[1:].mean(0), rtol=1e-12)
+
+
+def test_reference_catches_an_off_by_one_in_the_weights(x64):
+  # The same average with weights Gamma(s + 1 + p) / Gamma(s + 1) (one step late) differs.
+  q, x0 = _problem()
+  xs, _ = loops.iterates(nag_optax.nag(0.5 / q.lipschitz), q.value, x0, 60)
+  xs = np.asarray(xs)
+  shifted = _reference_average(np.concatenate([xs[:1], xs[:1], xs[1:]]), 7.0)
+  assert np.max(np.abs(shifted - _reference_average(xs, 7.0))) > 1e-4
+
+
+def test_updates_and_inner_state_are_the_inner_transformations():
+  q, x0 = _problem()
+  inner = nag_optax.auto_nag(rtol=None)
+  xs, inner_state = loops.iterates(inner, q.value, x0, 40)
+  ys, state = loops.iterates(nag_optax.average_iterates(inner), q.value, x0, 40)
+  chex.assert_trees_all_equal(xs, ys)
+  chex.assert_trees_all_equal(inner_state, state.inner_state)
+  assert int(state.count) == 40
+
+
+def test_first_average_is_the_first_iterate_and_recent_iterates_dominate():
+  q, x0 = _problem()
+  inner = nag_optax.nag(0.5 / q.lipschitz)
+  xs, state = loops.iterates(nag_optax.average_iterates(inner), q.value, x0, 1)
+  np.testing.assert_allclose(nag_optax.averaged_params(state), xs[1], rtol=1e-6)
+  # power 7: the last quarter of 400 iterates carries about 1 - 0.75^8 = 90% of the weight.
+  s = np.arange(1, 401)
+  w = np.exp([math.lgamma(k + 7.0) - math.lgamma(k) for k in s])
+  np.testing.assert_allclose(w[300:].sum() / w.sum(), 1 - 0.75**8, atol=0.01)
+
+
+def test_averaged_params_found_through_wrappers():
+  params = {"w": jnp.ones(3), "b": jnp.zeros(2)}
+  grads = jax.tree.map(jnp.ones_like, params)
+  for tx in (
+    nag_optax.auto_nadamw(),
+    nag_optax.stop_when(nag_optax.average_iterates(optax.sgd(0.1)), max_steps=5),
+    optax.inject_hyperparams(nag_optax.auto_nadamw)(b1=0.9),
+    optax.MultiSteps(nag_optax.auto_nadamw(), every_k_schedule=2),
+    optax.chain(optax.clip_by_global_norm(1.0), nag_optax.average_iterates(optax.adam(0.1))),
+  ):
+    state = tx.init(params)
+    _, state = jax.jit(lambda g, s, p, tx=tx: tx.update(g, s, p, value=1.0))(grads, state, params)
+    avg = nag_optax.averaged_params(state)
+    chex.assert_trees_all_equal_shapes(avg, params)
+
+
+def test_averaged_params_without_an_average_names_the_fix():
+  state = nag_optax.auto_nag_sgd().init({"w": jnp.ones(3)})
+  with pytest.raises(ValueError, match="average_iterates"):
+    nag_optax.averaged_params(state)
+
+
+def test_low_precision_params_average_in_float32_and_cast_back():
+  # x_t = -t/64 is exact in bfloat16 for t <= 200; the average's increments are not.
+  params = {"w": jnp.zeros(4, jnp.bfloat16), "v": jnp.zeros(2, jnp.float32)}
+  tx = nag_optax.average_iterates(optax.sgd(1.0 / 64.0))
+  state = tx.init(params)
+  assert state.averaged_params["w"].dtype == jnp.float32
+  assert state.averaged_params["v"].dtype == jnp.float32
+  grads = jax.tree.map(jnp.ones_like, params)
+  step = jax.jit(tx.update)
+  for _ in range(200):
+    updates, state = step(grads, state, params)
+    params = optax.apply_updates(params, updates)
+  assert params["w"].dtype == jnp.bfloat16 and float(params["w"][0]) == -200 / 64
+  xs = -np.arange(201.0)[:, None] / 64.0
+  expected = _reference_average(xs, 7.0)[0]
+  np.testing.assert_allclose(nag_optax.averaged_params(state)["w"], expected, rtol=1e-5)
+  cast = nag_optax.averaged_params(state, params)
+  assert cast["w"].dtype == jnp.bfloat16 and cast["v"].dtype == jnp.float32
+
+
+def test_nonfinite_step_leaves_the_average_unchanged():
+  tx = nag_optax.auto_nadamw()
+  params = jnp.ones(3)
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  _, state = update(jnp.ones(3), state, params)
+  before = nag_optax.averaged_params(state)
+  _, state = update(jnp.array([1.0, jnp.nan, 1.0]), state, params)
+  chex.assert_trees_all_equal(nag_optax.averaged_params(state), before)
+
+
+@pytest.mark.parametrize(
+  "kwargs,name",
+  [(dict(power=-1.0), "power"), (dict(power=float("nan")), "power"), (dict(power="7"), "power")],
+)
+def test_bad_configuration_raises(kwargs, name):
+  with pytest.raises((ValueError, TypeError), match=name):
+    nag_optax.average_iterates(optax.sgd(0.1), **kwargs)
+
+
+def test_bad_inner_and_missing_params_raise():
+  with pytest.raises(TypeError, match="inner"):
+    nag_optax.average_iterates(optax.sgd)  # the factory, not called
+  tx = nag_optax.average_iterates(optax.sgd(0.1))
+  state = tx.init(jnp.ones(2))
+  with pytest.raises(ValueError, match="params"):
+    tx.update(jnp.ones(2), state)
