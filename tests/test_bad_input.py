@@ -9,12 +9,22 @@ import inspect
 import math
 
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
 
 import nag_optax
 
-BAD_VALUES = {"string": "0.1", "bool": True, "complex": 1 + 1j, "nan": math.nan, "inf": math.inf}
+BAD_VALUES = {
+  "string": "0.1",
+  "bool": True,
+  "complex": 1 + 1j,
+  "nan": math.nan,
+  "inf": math.inf,
+  "list": [0.1],
+  "vector": np.array([0.1, 0.2]),
+  "none": None,  # only where the default is a number (None is a documented choice elsewhere)
+}
 
 # factory -> (the factory, its required arguments)
 FACTORIES = {
@@ -47,11 +57,19 @@ def _numeric_parameters(factory, required):
   return out
 
 
+def _accepts_none(factory, name):
+  param = inspect.signature(factory).parameters[name]
+  return (
+    param.default is None or "Optional" in str(param.annotation) or "None" in str(param.annotation)
+  )
+
+
 CASES = [
   (f, p, b)
   for f, (factory, required) in FACTORIES.items()
   for p in _numeric_parameters(factory, required)
   for b in BAD_VALUES
+  if not (b == "none" and _accepts_none(factory, p))
 ]
 
 
@@ -109,3 +127,23 @@ def test_minimize_rejects_a_non_scalar_loss():
 def test_minimize_warns_when_the_tolerance_is_below_bfloat16_resolution():
   with pytest.warns(UserWarning, match="rtol=1e-06 is below the resolution"):
     nag_optax.minimize(lambda x: jnp.sum((x - 1.0) ** 2), jnp.zeros(3, jnp.bfloat16), max_steps=5)
+
+
+@pytest.mark.parametrize("factory_name", ["stop_when", "minimize"])
+def test_step_counts_beyond_int32_are_rejected_naming_the_argument(factory_name):
+  with pytest.raises(ValueError, match="max_steps"):
+    if factory_name == "stop_when":
+      nag_optax.stop_when(optax.sgd(0.1), max_steps=2**31)
+    else:
+      nag_optax.minimize(lambda x: jnp.sum(x**2), jnp.ones(2), max_steps=10**10)
+
+
+@pytest.mark.parametrize("argument", ["value", "validation_loss"])
+def test_non_scalar_losses_are_rejected_naming_the_argument(argument):
+  tx = nag_optax.auto_nadamw(validation_patience=5)
+  params = jnp.ones(3)
+  state = tx.init(params)
+  with pytest.raises(ValueError, match=argument):
+    tx.update(jnp.ones(3), state, params, **{argument: jnp.ones(3)})
+  with pytest.raises(ValueError, match=argument):
+    tx.update(jnp.ones(3), state, params, **{argument: jnp.ones(1)})

@@ -199,6 +199,12 @@ def stop_when(
     )
 
   def update_fn(updates, state, params=None, *, value=None, validation_loss=None, **extra_args):
+    for arg_name, arg in (("value", value), ("validation_loss", validation_loss)):
+      if arg is not None and jnp.ndim(arg) != 0:
+        raise ValueError(
+          f"{arg_name} must be a scalar loss (reduce it, e.g. with jnp.mean), got shape "
+          f"{jnp.shape(arg)}."
+        )
     dtype = state.grad_norm.dtype
     grad_norm = numerics.norm(updates, dtype)
     has_value = value is not None

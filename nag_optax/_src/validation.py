@@ -13,6 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 
 
+INT32_MAX = 2**31 - 1
+
+
 def is_concrete_number(x: Any) -> bool:
   """True for a Python/NumPy number or a concrete 0-d array: a value we may inspect."""
   if isinstance(x, bool):
@@ -27,10 +30,19 @@ def is_concrete_number(x: Any) -> bool:
 
 
 def check_real(name: str, value: Any) -> None:
-  """Raise TypeError naming ``name`` for a string, bool or complex where a real number belongs.
+  """Raise TypeError naming ``name`` for a string, bool, complex number, ``None``, list or tuple
+  where a real number belongs, and ValueError for a concrete array that is not a scalar.
 
-  Tracers, callables (schedules) and real numbers or arrays pass.
+  Tracers, callables (schedules) and real numbers or 0-d arrays pass.
   """
+  if value is None or isinstance(value, (list, tuple)):
+    raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}.")
+  if (
+    isinstance(value, (np.ndarray, jax.Array))
+    and not isinstance(value, jax.core.Tracer)
+    and np.ndim(value) != 0
+  ):
+    raise ValueError(f"{name} must be a scalar, got an array of shape {np.shape(value)}.")
   bad = isinstance(value, (str, bytes, bool, np.bool_, complex, np.complexfloating))
   if isinstance(value, (np.ndarray, jax.Array)) and not isinstance(value, jax.core.Tracer):
     bad |= value.dtype == bool or jnp.issubdtype(value.dtype, jnp.complexfloating)
@@ -80,7 +92,8 @@ def check_int(name: str, value: Any, *, low: int = 0, allow_none: bool = True) -
     return
   if isinstance(value, jax.core.Tracer):
     return
-  check_real(name, value)
+  if value is not None:
+    check_real(name, value)
   is_int = isinstance(value, (int, np.integer)) or (
     isinstance(value, (jax.Array, np.ndarray))
     and np.ndim(value) == 0
@@ -92,6 +105,8 @@ def check_int(name: str, value: Any, *, low: int = 0, allow_none: bool = True) -
       + (" or None" if allow_none else "")
       + f", got {value!r}."
     )
+  if value > INT32_MAX:  # step counts live in int32 state
+    raise ValueError(f"{name} must be at most 2**31 - 1 = {INT32_MAX}, got {value!r}.")
 
 
 def check_float_dtype(name: str, value: Any) -> None:
