@@ -136,8 +136,8 @@ def nesterov(
     ...   grads = 2.0 * params
     ...   updates, state = tx.update(grads, state, params)
     ...   params = optax.apply_updates(params, updates)
-    >>> print(jnp.round(params, 4))
-    [ 0.4047 -0.8094]
+    >>> print([round(float(v), 4) for v in params])
+    [0.4047, -0.8094]
 
   References:
     Nesterov, Introductory Lectures on Convex Optimization, 2004.

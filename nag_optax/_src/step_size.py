@@ -132,7 +132,7 @@ def scale_by_curvature(
     >>> for _ in range(100):
     ...   updates, state = tx.update(jax.grad(f)(x), state, x)
     ...   x = optax.apply_updates(x, updates)
-    >>> print(float(optax.tree.get(state, "learning_rate")))
+    >>> print(round(float(optax.tree.get(state, "learning_rate")), 6))
     0.005
 
   References:
