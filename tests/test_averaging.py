@@ -141,3 +141,34 @@ def test_bad_inner_and_missing_params_raise():
   state = tx.init(jnp.ones(2))
   with pytest.raises(ValueError, match="params"):
     tx.update(jnp.ones(2), state)
+
+
+def test_flax_nnx_evaluation_at_the_average():
+  from flax import nnx
+
+  model = nnx.Linear(4, 1, rngs=nnx.Rngs(0))
+  optimizer = nnx.Optimizer(
+    model, nag_optax.average_iterates(optax.sgd(0.1), power=0.0), wrt=nnx.Param
+  )
+  x = jax.random.normal(jax.random.key(0), (8, 4))
+  y = jnp.ones((8, 1))
+
+  @nnx.jit
+  def step(model, optimizer):
+    loss, grads = nnx.value_and_grad(lambda m: jnp.mean((m(x) - y) ** 2))(model)
+    optimizer.update(model, grads)
+
+  def arrays(m):
+    return [np.asarray(a) for a in jax.tree.leaves(nnx.state(m, nnx.Param))]
+
+  iterates = []
+  for _ in range(3):
+    step(model, optimizer)
+    iterates.append(arrays(model))
+  average = nag_optax.averaged_params(optimizer.opt_state, nnx.state(model, nnx.Param))
+  eval_model = nnx.clone(model)
+  nnx.update(eval_model, average)
+  # power 0: the plain mean of the three iterates.
+  for got, *its in zip(arrays(eval_model), *iterates):
+    np.testing.assert_allclose(got, np.mean(its, 0), rtol=1e-6)
+  assert not np.allclose(arrays(eval_model)[1], arrays(model)[1])

@@ -122,15 +122,6 @@ def _is_transformation(x: Any) -> bool:
   return callable(getattr(x, "init", None)) and callable(getattr(x, "update", None))
 
 
-def _is_box(x: Any) -> bool:
-  """A framework's variable box around an array (Flax NNX keeps optimizer state in them)."""
-  return hasattr(x, "get_value") and not isinstance(x, jax.Array)
-
-
-def _unbox(x: Any) -> Any:
-  return x.get_value() if _is_box(x) else x
-
-
 def averaged_params(state: Any, params: Any = None) -> Any:
   """The average kept by :func:`average_iterates` (e.g. inside :func:`auto_nadamw`), found
   anywhere in an optimizer state (through ``stop_when``, ``optax.chain``,
@@ -145,11 +136,7 @@ def averaged_params(state: Any, params: Any = None) -> Any:
   Raises:
     ValueError: the state holds no average, or more than one.
   """
-  found = [
-    s.averaged_params
-    for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, AverageIteratesState))
-    if isinstance(s, AverageIteratesState)
-  ]
+  found = [s.averaged_params for s in numerics.find_states(state, AverageIteratesState)]
   if not found:
     raise ValueError(
       "the optimizer state holds no iterate average: build the optimizer with "
@@ -157,10 +144,10 @@ def averaged_params(state: Any, params: Any = None) -> Any:
     )
   if len(found) > 1:
     raise ValueError(f"the optimizer state holds {len(found)} iterate averages; expected one.")
-  leaves, treedef = jax.tree.flatten(found[0], is_leaf=_is_box)
-  leaves = [_unbox(x) for x in leaves]
+  leaves, treedef = jax.tree.flatten(found[0], is_leaf=numerics.is_box)
+  leaves = [numerics.unbox(x) for x in leaves]
   if params is not None:
-    like = [_unbox(x) for x in jax.tree.leaves(params, is_leaf=_is_box)]
+    like = [numerics.unbox(x) for x in jax.tree.leaves(params, is_leaf=numerics.is_box)]
     if len(like) != len(leaves):
       raise ValueError(
         f"params has {len(like)} leaves but the average has {len(leaves)}; pass the params the "

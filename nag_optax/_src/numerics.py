@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def scalar_dtype(tree: Any) -> jnp.dtype:
@@ -84,3 +85,28 @@ def all_finite(tree: Any) -> jax.Array:
   if not leaves:
     return jnp.asarray(True)
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def find_states(tree: Any, cls: type) -> list:
+  """Every node of type ``cls`` in a state tree, outermost first (searched like the leaves, so
+  through tuples, named tuples, dicts and Flax NNX's state containers)."""
+  return [
+    s for s in jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, cls)) if isinstance(s, cls)
+  ]
+
+
+def is_box(x: Any) -> bool:
+  """A framework's variable box around an array (Flax NNX keeps optimizer state in ``OptArray``
+  variables, e.g. ``nnx.Optimizer(...).opt_state``)."""
+  if isinstance(x, (jax.Array, np.ndarray)):
+    return False
+  return hasattr(x, "get_value") or hasattr(x, "value")
+
+
+def unbox(x: Any) -> Any:
+  """The array inside a variable box (:func:`is_box`); anything else passes through."""
+  if not is_box(x):
+    return x
+  if hasattr(x, "get_value"):  # flax.nnx.Variable (its `.value` is deprecated)
+    return x.get_value()
+  return x.value

@@ -307,27 +307,13 @@ def stop_when(
 
 def stop_states(state) -> list:
   """Every ``stop_when`` state in ``state`` (outermost first); a ValueError if there is none."""
-  found = [
-    s
-    for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, StopWhenState))
-    if isinstance(s, StopWhenState)
-  ]
+  found = numerics.find_states(state, StopWhenState)
   if not found:
     raise ValueError(
       "state contains no stop_when state; wrap the optimizer with "
       "nag_optax.stop_when(...) (auto_nag() already is)."
     )
   return found
-
-
-def _unwrap(x):
-  """The array inside a framework's variable box (Flax NNX keeps optimizer state in
-  ``OptArray`` variables, e.g. ``nnx.Optimizer(...).opt_state``); arrays pass through."""
-  if isinstance(x, (jax.Array, np.ndarray)):
-    return x
-  if hasattr(x, "get_value"):  # flax.nnx.Variable (its `.value` is deprecated)
-    return x.get_value()
-  return getattr(x, "value", x)
 
 
 def should_stop(state) -> jax.Array:
@@ -344,7 +330,7 @@ def should_stop(state) -> jax.Array:
     >>> bool(nag_optax.should_stop(state))
     False
   """
-  return jnp.asarray(_unwrap(stop_states(state)[0].stop))
+  return jnp.asarray(numerics.unbox(stop_states(state)[0].stop))
 
 
 def stop_reason(state):
@@ -358,7 +344,7 @@ def stop_reason(state):
     >>> nag_optax.stop_reason(state)
     <StopReason.MAX_STEPS: 5>
   """
-  return reasons_from_codes(_unwrap(stop_states(state)[0].reason))
+  return reasons_from_codes(numerics.unbox(stop_states(state)[0].reason))
 
 
 def reasons_from_codes(codes):
