@@ -103,7 +103,7 @@ def average_iterates(
         "optimizer.update and optax's usual loop pass them)."
       )
     new_updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
-    count = optax.safe_increment(state.count)
+    count = jnp.asarray(optax.safe_increment(state.count))
     dtype = numerics.scalar_dtype(state.averaged_params)
     p = jnp.asarray(power).astype(dtype)
     weight = (p + 1.0) / (count.astype(dtype) + p)  # 1 at the first update
