@@ -686,11 +686,16 @@ def test_a_too_large_initial_rate_is_capped_at_the_first_step():
   np.testing.assert_allclose(distance, 0.1 * rms, rtol=1e-5)
 
 
+# The bounded annealing's floor, as a fraction of the distance rate: auto_nag_sgd's plateau stops
+# at a tenth, auto_nadamw's (which anneals later, after 10 windows) at 3%.
+ANNEALING_FLOOR = {nag_optax.auto_nag_sgd: 0.1, nag_optax.auto_nadamw: 0.03}
+
+
 @pytest.mark.parametrize("make", [nag_optax.auto_nag_sgd, nag_optax.auto_nadamw])
 def test_pure_noise_at_a_minimum_never_collapses_the_rate(make):
   # 10,000 minibatch gradients that are pure noise around a minimum (the regime where the
   # hypergradient cosine is negative on average): the rate may anneal by the bounded plateau
-  # factor (a tenth) but stays above that floor of its peak, and far from any 1e-8 floor.
+  # factor but stays above that floor of its peak, and far from any 1e-8 floor.
   noise = jax.random.normal(jax.random.PRNGKey(0), (10_000, 32))
   tx = make()
 
@@ -704,7 +709,7 @@ def test_pure_noise_at_a_minimum_never_collapses_the_rate(make):
   (x, _), rates = jax.jit(lambda c: jax.lax.scan(step, c, noise))((x0, tx.init(x0)))
   rates = np.asarray(rates)
   assert np.all(np.isfinite(rates)) and np.all(np.isfinite(np.asarray(x)))
-  assert rates[-1] >= 0.1 * rates.max() * (1 - 1e-6), (rates[-1], rates.max())
+  assert rates[-1] >= ANNEALING_FLOOR[make] * rates.max() * (1 - 1e-6), (rates[-1], rates.max())
   assert rates[-1] > 1e-3, rates[-1]
 
 
@@ -775,4 +780,4 @@ def test_training_loss_keeps_falling_over_10k_minibatch_steps(make):
   values, rates = np.asarray(values), np.asarray(rates)
   early, late = values[2000:4000].mean(), values[8000:].mean()
   assert late < 0.5 * early, (early, late)
-  assert rates[-1] >= 0.1 * rates.max() * (1 - 1e-6), (rates[-1], rates.max())
+  assert rates[-1] >= ANNEALING_FLOOR[make] * rates.max() * (1 - 1e-6), (rates[-1], rates.max())
