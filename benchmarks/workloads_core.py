@@ -463,8 +463,7 @@ def make_trainer(
   eval_params = eval_params or evaluated_params
   n_sample = x_va.shape[0]
   if wl.language_model:
-    starts = np.linspace(0, x_tr.shape[0] - context - 2, n_sample).astype(np.int64)
-    x_sample, y_sample = x_tr[jnp.asarray(starts)[:, None] + jnp.arange(context + 1)], None
+    x_sample, y_sample = jnp.asarray(windows(wl.splits["train"], n_sample, context)), None
   else:
     pick = np.linspace(0, x_tr.shape[0] - 1, n_sample).astype(np.int64)
     x_sample, y_sample = x_tr[pick], y_tr[pick]

@@ -73,11 +73,7 @@ def average_iterates(
     Polyak & Juditsky, `Acceleration of stochastic approximation by averaging
     <https://doi.org/10.1137/0330046>`_, 1992.
   """
-  if not (isinstance(inner, optax.GradientTransformation) or _is_transformation(inner)):
-    hint = " (call the factory, e.g. optax.sgd(0.1))" if callable(inner) else ""
-    raise TypeError(
-      f"inner must be an optax GradientTransformation, got {type(inner).__name__}{hint}."
-    )
+  validation.check_transformation("inner", inner, example="optax.sgd(0.1)")
   validation.check_range("power", power, low=0.0)
   if accumulator_dtype is not None:
     validation.check_float_dtype("accumulator_dtype", accumulator_dtype)
@@ -116,10 +112,6 @@ def average_iterates(
     return new_updates, AverageIteratesState(inner_state, count, averaged)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def _is_transformation(x: Any) -> bool:
-  return callable(getattr(x, "init", None)) and callable(getattr(x, "update", None))
 
 
 def averaged_params(state: Any, params: Any = None) -> Any:

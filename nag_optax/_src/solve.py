@@ -150,14 +150,8 @@ def minimize(
   for name, tol in (("gtol", gtol), ("rtol", rtol), ("ftol", ftol), ("xtol", xtol)):
     if tol is not None:
       validation.check_range(name, tol, low=0.0)
-  if optimizer is not None and not (
-    callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))
-  ):
-    hint = " (call the factory: e.g. nag_optax.auto_nag())" if callable(optimizer) else ""
-    raise TypeError(
-      f"optimizer must be an optax GradientTransformation (with init and update) or None, got "
-      f"{type(optimizer).__name__}{hint}."
-    )
+  if optimizer is not None:
+    validation.check_transformation("optimizer", optimizer, example="nag_optax.auto_nag()")
   if not isinstance(args, tuple):  # as scipy.optimize.minimize: anything else is one argument
     args = (args,)
   # Python scalars (minimize(loss, 0.0), a list of floats) become arrays of their NumPy dtype.

@@ -37,14 +37,13 @@ def check_real(name: str, value: Any) -> None:
   """
   if value is None or isinstance(value, (list, tuple)):
     raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}.")
-  if (
-    isinstance(value, (np.ndarray, jax.Array))
-    and not isinstance(value, jax.core.Tracer)
-    and np.ndim(value) != 0
-  ):
+  concrete_array = isinstance(value, (np.ndarray, jax.Array)) and not isinstance(
+    value, jax.core.Tracer
+  )
+  if concrete_array and np.ndim(value) != 0:
     raise ValueError(f"{name} must be a scalar, got an array of shape {np.shape(value)}.")
   bad = isinstance(value, (str, bytes, bool, np.bool_, complex, np.complexfloating))
-  if isinstance(value, (np.ndarray, jax.Array)) and not isinstance(value, jax.core.Tracer):
+  if concrete_array:
     bad |= value.dtype == bool or jnp.issubdtype(value.dtype, jnp.complexfloating)
   if bad:
     raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}.")
@@ -107,6 +106,18 @@ def check_int(name: str, value: Any, *, low: int = 0, allow_none: bool = True) -
     )
   if value > INT32_MAX:  # step counts live in int32 state
     raise ValueError(f"{name} must be at most 2**31 - 1 = {INT32_MAX}, got {value!r}.")
+
+
+def check_transformation(name: str, value: Any, *, example: str) -> None:
+  """Raise TypeError naming ``name`` unless ``value`` has callable ``init`` and ``update`` (an
+  Optax transformation); a factory passed uncalled gets the hint to call it, as ``example``."""
+  if callable(getattr(value, "init", None)) and callable(getattr(value, "update", None)):
+    return
+  hint = f" (call the factory: e.g. {example})" if callable(value) else ""
+  raise TypeError(
+    f"{name} must be an optax GradientTransformation (with init and update), got "
+    f"{type(value).__name__}{hint}."
+  )
 
 
 def check_float_dtype(name: str, value: Any) -> None:
