@@ -127,6 +127,15 @@ def averaged_params(state: Any, params: Any = None) -> Any:
 
   Raises:
     ValueError: the state holds no average, or more than one.
+
+  Examples:
+    >>> import jax.numpy as jnp, nag_optax
+    >>> tx = nag_optax.auto_nadamw()  # stop_when(average_iterates(...)): found inside
+    >>> params = {"w": jnp.ones(2, jnp.bfloat16)}
+    >>> state = tx.init(params)
+    >>> print(nag_optax.averaged_params(state)["w"].dtype,
+    ...       nag_optax.averaged_params(state, params)["w"].dtype)
+    float32 bfloat16
   """
   found = [s.averaged_params for s in numerics.find_states(state, AverageIteratesState)]
   if not found:
