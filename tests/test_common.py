@@ -70,14 +70,9 @@ INJECT_RTOL = {"auto_nadamw": 3e-4}
 INJECT_STEPS = {"auto_nadamw": 100}
 
 # (optimizer, problem) -> why it does not converge within the test's budget; strict, so the day
-# it passes is visible. Optax's own battery (tests/test_contrib_battery.py) passes for both.
-KNOWN_SLOW = {
-  ("auto_nag_sgd", "rosenbrock"): (
-    "from (-1.2, 1) the distance-based rate suits the start, not the curved valley, and the "
-    "training loss keeps setting (small) records, so the bounded plateau annealing never "
-    "fires: about (0.93, 0.87) after 20k steps"
-  ),
-}
+# it passes is visible. Empty: every optimizer converges on every problem (auto_nag_sgd on
+# Rosenbrock from (-1.2, 1) since its annealing floor moved from 10% to 3%).
+KNOWN_SLOW: dict = {}
 
 
 def _parabola():
