@@ -147,3 +147,76 @@ def test_non_scalar_losses_are_rejected_naming_the_argument(argument):
     tx.update(jnp.ones(3), state, params, **{argument: jnp.ones(3)})
   with pytest.raises(ValueError, match=argument):
     tx.update(jnp.ones(3), state, params, **{argument: jnp.ones(1)})
+
+
+BLOCKS = {
+  "nesterov": lambda: nag_optax.nesterov(),
+  "scale_by_curvature": lambda: nag_optax.scale_by_curvature(),
+  "scale_by_backtracking": lambda: nag_optax.scale_by_backtracking(),
+  "scale_by_hypergradient": lambda: nag_optax.scale_by_hypergradient(),
+  "scale_by_distance": lambda: nag_optax.scale_by_distance(),
+  "average_iterates": lambda: nag_optax.average_iterates(optax.sgd(0.1)),
+  "stop_when": lambda: nag_optax.stop_when(optax.sgd(0.1)),
+  "nag": lambda: nag_optax.nag(0.1),
+  "auto_nag": lambda: nag_optax.auto_nag(),
+  "auto_nag_sgd": lambda: nag_optax.auto_nag_sgd(),
+  "auto_nadamw": lambda: nag_optax.auto_nadamw(),
+}
+
+
+@pytest.mark.parametrize("name", BLOCKS)
+def test_python_float_params_work_as_in_optax(name):
+  # optax.sgd(0.1).init(1.0) works; so must every transformation of the package, with the same
+  # step as from a 0-d array.
+  tx = BLOCKS[name]()
+  from_float, _ = tx.update(2.0, tx.init(1.0), 1.0, value=1.0)
+  x = jnp.asarray(1.0)
+  from_array, _ = tx.update(jnp.asarray(2.0), tx.init(x), x, value=jnp.asarray(1.0))
+  assert jnp.shape(from_float) == () and bool(jnp.isfinite(from_float))
+  np.testing.assert_allclose(np.asarray(from_float), np.asarray(from_array), rtol=1e-6)
+  assert optax.apply_updates(1.0, from_float) is not None
+
+
+@pytest.mark.parametrize("name", BLOCKS)
+def test_updates_that_do_not_match_the_params_are_rejected_naming_both(name):
+  tx = BLOCKS[name]()
+  params = {"a": jnp.ones(2), "b": jnp.ones(3)}
+  state = tx.init(params)
+  with pytest.raises(ValueError, match=r"updates and params must be trees of the same structure"):
+    tx.update({"a": jnp.ones(2)}, state, params, value=1.0)
+  with pytest.raises(ValueError, match=r"at \['b'\] updates have shape \(4,\) and params \(3,\)"):
+    tx.update({"a": jnp.ones(2), "b": jnp.ones(4)}, state, params, value=1.0)
+
+
+@pytest.mark.parametrize("rtol", [1.0, 2.0])
+def test_a_relative_tolerance_of_one_or_more_is_rejected(rtol):
+  # ||g|| <= rtol ||g_0|| with rtol >= 1 holds at the first step: a run that never runs.
+  with pytest.raises(ValueError, match=r"rtol must lie in \[0.0, 1.0\)"):
+    nag_optax.auto_nag(rtol=rtol)
+  with pytest.raises(ValueError, match="rtol"):
+    nag_optax.minimize(lambda x: jnp.sum(x**2), jnp.ones(2), rtol=rtol)
+
+
+@pytest.mark.parametrize(
+  "kwargs,extra,unfed",
+  [
+    (dict(patience=3), {}, "patience=3 never fires without the `value`"),
+    (dict(ftol=1e-6, patience=3), {}, "ftol=1e-06, patience=3 never fire"),
+    (dict(validation_patience=5), {"value": 1.0}, "validation_patience=5 never fires .*`valid"),
+  ],
+)
+def test_criteria_that_cannot_fire_without_their_extra_argument_warn(kwargs, extra, unfed):
+  tx = nag_optax.stop_when(optax.sgd(0.1), **kwargs)
+  params = jnp.ones(2)
+  with pytest.warns(UserWarning, match=unfed):
+    tx.update(params, tx.init(params), params, **extra)
+
+
+def test_criteria_fed_their_extra_arguments_do_not_warn():
+  import warnings
+
+  tx = nag_optax.stop_when(optax.sgd(0.1), ftol=1e-6, patience=3, validation_patience=5)
+  params = jnp.ones(2)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    tx.update(params, tx.init(params), params, value=1.0, validation_loss=1.0)

@@ -85,6 +85,7 @@ def average_iterates(
     return jnp.promote_types(jnp.asarray(leaf).dtype, jnp.float32)
 
   def init_fn(params):
+    params = validation.as_arrays(params)
     validation.check_float_params(params)
     return AverageIteratesState(
       inner_state=inner.init(params),
@@ -93,6 +94,7 @@ def average_iterates(
     )
 
   def update_fn(updates, state, params=None, **extra_args):
+    updates, params = validation.updates_and_params(updates, params)
     if params is None:
       raise ValueError(
         "average_iterates needs params: call update(updates, state, params) (Flax NNX's "

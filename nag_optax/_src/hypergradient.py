@@ -231,6 +231,7 @@ def scale_by_distance(
   _check_plateau(plateau)
 
   def init_fn(params):
+    params = validation.as_arrays(params)
     validation.check_float_params(params)
     dtype = numerics.scalar_dtype(params)
     d0 = jnp.asarray(learning_rate, dtype)
@@ -259,6 +260,7 @@ def scale_by_distance(
     )
 
   def update_fn(updates, state, params=None, *, value=None, **extra_args):
+    updates, params = validation.updates_and_params(updates, params)
     if params is None:
       raise ValueError("scale_by_distance needs params: its estimate reads x_0 - x_k.")
     dtype = state.distance.dtype
@@ -510,6 +512,7 @@ def scale_by_hypergradient(
   _check_plateau(plateau)
 
   def init_fn(params):
+    params = validation.as_arrays(params)
     validation.check_float_params(params)
     dtype = numerics.scalar_dtype(params)
     rate = jnp.clip(jnp.asarray(learning_rate, dtype), lower, upper)
@@ -527,6 +530,7 @@ def scale_by_hypergradient(
     )
 
   def update_fn(updates, state, params=None, *, value=None, **extra_args):
+    updates, params = validation.updates_and_params(updates, params)
     del extra_args
     if params is None:
       raise ValueError(

@@ -180,6 +180,7 @@ def nesterov(
   accumulator_dtype = None if accumulator_dtype is None else jnp.dtype(accumulator_dtype)
 
   def init_fn(params):
+    params = validation.as_arrays(params)
     validation.check_float_params(params)
     dtype = numerics.scalar_dtype(params)
     return NesterovState(
@@ -197,6 +198,7 @@ def nesterov(
     )
 
   def update_fn(updates, state, params=None, *, value=None, **extra_args):
+    updates, params = validation.updates_and_params(updates, params)
     del params, extra_args
     dtype = state.t.dtype
     t_next = state.t

@@ -150,6 +150,7 @@ def scale_by_curvature(
   validation.check_int("max_backtracking_steps", max_backtracking_steps, low=1, allow_none=False)
 
   def init_fn(params):
+    params = validation.as_arrays(params)
     validation.check_float_params(params)
     dtype = numerics.scalar_dtype(params)
     return ScaleByCurvatureState(
@@ -163,6 +164,7 @@ def scale_by_curvature(
     )
 
   def update_fn(updates, state, params=None, *, value=None, value_fn=None, **extra_args):
+    updates, params = validation.updates_and_params(updates, params)
     del extra_args
     if params is None:
       raise ValueError("scale_by_curvature needs params (the point where the gradient was taken).")
@@ -343,6 +345,7 @@ def scale_by_backtracking(
   validation.check_int("max_backtracking_steps", max_backtracking_steps, low=1, allow_none=False)
 
   def init_fn(params):
+    params = validation.as_arrays(params)
     validation.check_float_params(params)
     dtype = numerics.scalar_dtype(params)
     izero = jnp.zeros((), jnp.int32)
@@ -354,6 +357,7 @@ def scale_by_backtracking(
     )
 
   def update_fn(updates, state, params=None, *, value=None, value_fn=None, **extra_args):
+    updates, params = validation.updates_and_params(updates, params)
     del extra_args
     dtype = state.learning_rate.dtype
     if params is None:

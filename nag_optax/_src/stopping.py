@@ -2,6 +2,7 @@
 non-finite guard; ``should_stop`` / ``stop_reason`` read it from any state tree."""
 
 import enum
+import warnings
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -155,7 +156,9 @@ def stop_when(
     Nocedal & Wright, Numerical Optimization, 2nd ed., 2006, section 2.2 (stopping tests).
   """
   validation.check_range("gtol", gtol if gtol is not None else 0.0, low=0.0)
-  validation.check_range("rtol", rtol if rtol is not None else 0.0, low=0.0)
+  validation.check_range(
+    "rtol", rtol if rtol is not None else 0.0, low=0.0, high=1.0, high_inclusive=False
+  )
   validation.check_range("ftol", ftol if ftol is not None else 0.0, low=0.0)
   validation.check_range("xtol", xtol if xtol is not None else 0.0, low=0.0)
   validation.check_range(
@@ -170,6 +173,7 @@ def stop_when(
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params):
+    params = validation.as_arrays(params)
     validation.check_float_params(params)
     inner_state = inner.init(params)
     if min_learning_rate is not None and not _learning_rates(inner_state):
@@ -198,13 +202,35 @@ def stop_when(
       steps_since_validation_improvement=izero,
     )
 
+  def _warn_if_unfed(value, validation_loss):
+    # Decided at trace time (whether the extra argument was passed at all), so under jit it warns
+    # once per compilation; Python's default filter shows each warning once per place.
+    unfed = []
+    if value is None:
+      unfed += [f"{n}={v!r}" for n, v in (("ftol", ftol), ("patience", patience)) if v is not None]
+    if validation_loss is None and validation_patience is not None:
+      unfed.append(f"validation_patience={validation_patience!r}")
+    if unfed:
+      needs = "`value` (the training loss)" if value is None else ""
+      if validation_loss is None and validation_patience is not None:
+        needs += (" and " if needs else "") + "`validation_loss`"
+      warnings.warn(
+        f"stop_when: {', '.join(unfed)} never {'fires' if len(unfed) == 1 else 'fire'} without "
+        f"the {needs} extra argument, and "
+        "this update got none: pass it to update (Flax NNX: optimizer.update(model, grads, "
+        "value=loss)), or drop the criterion.",
+        stacklevel=3,
+      )
+
   def update_fn(updates, state, params=None, *, value=None, validation_loss=None, **extra_args):
+    updates, params = validation.updates_and_params(updates, params)
     for arg_name, arg in (("value", value), ("validation_loss", validation_loss)):
       if arg is not None and jnp.ndim(arg) != 0:
         raise ValueError(
           f"{arg_name} must be a scalar loss (reduce it, e.g. with jnp.mean), got shape "
           f"{jnp.shape(arg)}."
         )
+    _warn_if_unfed(value, validation_loss)
     dtype = state.grad_norm.dtype
     grad_norm = numerics.norm(updates, dtype)
     has_value = value is not None

@@ -131,6 +131,44 @@ def check_float_dtype(name: str, value: Any) -> None:
     raise ValueError(f"{name} must be a floating dtype or None, got {value!r}.")
 
 
+def as_arrays(tree: Any) -> Any:
+  """``tree`` with every leaf that is not a JAX array (a Python float, a NumPy array) made one.
+
+  Optax's transformations take ``params = 1.0``; this lets the package's do the same (array
+  leaves, tracers included, pass through untouched).
+  """
+  return jax.tree.map(lambda x: x if isinstance(x, jax.Array) else jnp.asarray(x), tree)
+
+
+def updates_and_params(updates: Any, params: Any) -> tuple:
+  """``(updates, params)`` as arrays (:func:`as_arrays`), checked to match leaf by leaf.
+
+  Raises ValueError naming both arguments when ``params`` does not have the structure of
+  ``updates`` (the gradients of the params) or a leaf's shape differs, instead of a broadcasting
+  error deep inside an update. Checked from structures and shapes only, so it works under ``jit``.
+  """
+  updates, params = as_arrays(updates), as_arrays(params)
+  if params is None:
+    return updates, params
+  paths_and_leaves, treedef = jax.tree_util.tree_flatten_with_path(updates)
+  try:
+    param_leaves = treedef.flatten_up_to(params)
+  except (ValueError, TypeError):
+    raise ValueError(
+      "updates and params must be trees of the same structure (updates are the gradients of "
+      f"the params); got updates {treedef} and params {jax.tree.structure(params)}."
+    ) from None
+  for (path, u), p in zip(paths_and_leaves, param_leaves):
+    u_shape, p_shape = getattr(u, "shape", None), getattr(p, "shape", None)
+    if u_shape is not None and p_shape is not None and tuple(u_shape) != tuple(p_shape):
+      where = jax.tree_util.keystr(path) or "the root"
+      raise ValueError(
+        f"updates and params must have the same shapes; at {where} updates have shape "
+        f"{tuple(u_shape)} and params {tuple(p_shape)}."
+      )
+  return updates, params
+
+
 def check_float_params(params: Any) -> None:
   """Raise TypeError naming the first leaf of ``params`` that is not a floating-point array.
 
