@@ -200,7 +200,8 @@ def test_fixed_length_scan_is_safe_after_stopping(x64):
 def test_ftol_and_patience_are_ignored_without_value():
   q, x0 = _problem()
   tx = nag_optax.stop_when(nag_optax.nag(1e-3), ftol=0.5, patience=1)
-  _, state, _ = _drive(tx, q.value, x0, 10, with_value=False)
+  with pytest.warns(UserWarning, match="ftol=0.5, patience=1 never fire without the `value`"):
+    _, state, _ = _drive(tx, q.value, x0, 10, with_value=False)
   assert not bool(state.stop)
 
 
@@ -289,6 +290,7 @@ def test_validation_patience_ignores_nan_and_missing_validation_loss():
   state = tx.init(params)
   _, state = tx.update(jnp.ones(2), state, params, validation_loss=jnp.asarray(jnp.nan))
   assert float(state.best_validation) == float("inf")  # NaN is never a new best
-  for _ in range(5):  # no validation_loss: nothing counts
-    _, state = tx.update(jnp.ones(2), state, params)
+  for _ in range(5):  # no validation_loss: nothing counts (and a warning says so)
+    with pytest.warns(UserWarning, match="validation_patience=2 never fires without the `vali"):
+      _, state = tx.update(jnp.ones(2), state, params)
   assert not bool(nag_optax.should_stop(state))

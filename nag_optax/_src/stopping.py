@@ -205,15 +205,15 @@ def stop_when(
   def _warn_if_unfed(value, validation_loss):
     # Decided at trace time (whether the extra argument was passed at all), so under jit it warns
     # once per compilation; Python's default filter shows each warning once per place.
-    unfed = []
+    unfed, needs = [], []
     if value is None:
       unfed += [f"{n}={v!r}" for n, v in (("ftol", ftol), ("patience", patience)) if v is not None]
+      needs += ["`value` (the training loss)"] if unfed else []
     if validation_loss is None and validation_patience is not None:
       unfed.append(f"validation_patience={validation_patience!r}")
+      needs.append("`validation_loss`")
     if unfed:
-      needs = "`value` (the training loss)" if value is None else ""
-      if validation_loss is None and validation_patience is not None:
-        needs += (" and " if needs else "") + "`validation_loss`"
+      needs = " and ".join(needs)
       warnings.warn(
         f"stop_when: {', '.join(unfed)} never {'fires' if len(unfed) == 1 else 'fire'} without "
         f"the {needs} extra argument, and "
