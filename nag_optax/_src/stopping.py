@@ -128,7 +128,7 @@ def stop_when(
   Args:
     inner: the transformation (or chain) to wrap.
     gtol: absolute gradient-norm tolerance.
-    rtol: gradient-norm tolerance relative to the first gradient's norm.
+    rtol: gradient-norm tolerance relative to the first gradient's norm, in ``[0, 1)``.
     ftol: relative loss-change tolerance.
     xtol: absolute update-norm tolerance.
     max_steps: the most updates to apply.
