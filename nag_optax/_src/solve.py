@@ -155,9 +155,7 @@ def minimize(
   if not isinstance(args, tuple):  # as scipy.optimize.minimize: anything else is one argument
     args = (args,)
   # Python scalars (minimize(loss, 0.0), a list of floats) become arrays of their NumPy dtype.
-  params = jax.tree.map(
-    lambda x: x if isinstance(x, jax.Array) else jnp.asarray(np.asarray(x)), params
-  )
+  params = validation.as_arrays(params)
   _check_initial_params(params)
   if optimizer is None:
     _warn_if_below_resolution(

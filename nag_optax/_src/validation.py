@@ -132,12 +132,13 @@ def check_float_dtype(name: str, value: Any) -> None:
 
 
 def as_arrays(tree: Any) -> Any:
-  """``tree`` with every leaf that is not a JAX array (a Python float, a NumPy array) made one.
+  """``tree`` with every leaf that is not a JAX array (a Python float, a NumPy array) made one,
+  of its NumPy dtype.
 
-  Optax's transformations take ``params = 1.0``; this lets the package's do the same (array
-  leaves, tracers included, pass through untouched).
+  Optax's transformations take ``params = 1.0``, and ``minimize(loss, 0.0)`` a Python start;
+  this lets the package's do the same (array leaves, tracers included, pass through untouched).
   """
-  return jax.tree.map(lambda x: x if isinstance(x, jax.Array) else jnp.asarray(x), tree)
+  return jax.tree.map(lambda x: x if isinstance(x, jax.Array) else jnp.asarray(np.asarray(x)), tree)
 
 
 def updates_and_params(updates: Any, params: Any) -> tuple:
