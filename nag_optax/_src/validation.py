@@ -160,12 +160,13 @@ def updates_and_params(updates: Any, params: Any) -> tuple:
       f"the params); got updates {treedef} and params {jax.tree.structure(params)}."
     ) from None
   for (path, u), p in zip(paths_and_leaves, param_leaves):
-    u_shape, p_shape = getattr(u, "shape", None), getattr(p, "shape", None)
-    if u_shape is not None and p_shape is not None and tuple(u_shape) != tuple(p_shape):
+    # u is an array (as_arrays); p may be a subtree where params box a leaf (no shape: unchecked).
+    p_shape = getattr(p, "shape", None)
+    if p_shape is not None and u.shape != tuple(p_shape):
       where = jax.tree_util.keystr(path) or "the root"
       raise ValueError(
         f"updates and params must have the same shapes; at {where} updates have shape "
-        f"{tuple(u_shape)} and params {tuple(p_shape)}."
+        f"{u.shape} and params {tuple(p_shape)}."
       )
   return updates, params
 
