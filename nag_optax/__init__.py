@@ -4,6 +4,8 @@ from nag_optax._src.alias import auto_nag
 from nag_optax._src.alias import auto_nadamw
 from nag_optax._src.alias import auto_nag_sgd
 from nag_optax._src.alias import nag
+from nag_optax._src.hypergradient import AnnealAfterProgressState
+from nag_optax._src.hypergradient import anneal_after_progress
 from nag_optax._src.averaging import AverageIteratesState
 from nag_optax._src.averaging import average_iterates
 from nag_optax._src.averaging import averaged_params
@@ -31,6 +33,8 @@ from nag_optax._src.stopping import stop_when
 __version__ = "0.1.0"
 
 __all__ = (
+  "AnnealAfterProgressState",
+  "anneal_after_progress",
   "AverageIteratesState",
   "average_iterates",
   "averaged_params",

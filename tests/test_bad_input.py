@@ -38,6 +38,10 @@ FACTORIES = {
   "auto_nag": (nag_optax.auto_nag, {}),
   "auto_nag_sgd": (nag_optax.auto_nag_sgd, {}),
   "auto_nadamw": (nag_optax.auto_nadamw, {}),
+  "anneal_after_progress": (
+    nag_optax.anneal_after_progress,
+    {"plateau": optax.contrib.reduce_on_plateau()},
+  ),
 }
 # Numeric arguments that take a number only in some configurations (checked where they apply).
 NOT_NUMERIC = {"condition_number"}
@@ -161,6 +165,9 @@ BLOCKS = {
   "auto_nag": lambda: nag_optax.auto_nag(),
   "auto_nag_sgd": lambda: nag_optax.auto_nag_sgd(),
   "auto_nadamw": lambda: nag_optax.auto_nadamw(),
+  "anneal_after_progress": lambda: nag_optax.anneal_after_progress(
+    optax.contrib.reduce_on_plateau()
+  ),
 }
 
 

@@ -781,3 +781,87 @@ def test_training_loss_keeps_falling_over_10k_minibatch_steps(make):
   early, late = values[2000:4000].mean(), values[8000:].mean()
   assert late < 0.5 * early, (early, late)
   assert rates[-1] >= ANNEALING_FLOOR[make] * rates.max() * (1 - 1e-6), (rates[-1], rates.max())
+
+
+def _windows_until_progress(losses, drop, window):
+  """Reference: the 1-based update at which the windowed mean loss first falls ``drop`` below
+  the first window's mean (None if never)."""
+  losses = np.asarray(losses, np.float64)
+  first = None
+  for j in range(len(losses) // window):
+    mean = losses[j * window : (j + 1) * window].mean()
+    if first is None:
+      first = mean
+    elif mean <= first - drop * abs(first):
+      return (j + 1) * window
+  return None
+
+
+def test_anneal_after_progress_is_the_plateau_fed_from_the_progress_on():
+  rng = np.random.default_rng(0)
+  # Flat (with noise) for 300 updates, then falling, then flat again at the bottom.
+  losses = np.concatenate(
+    [2.3 + 0.01 * rng.standard_normal(300), np.linspace(2.3, 0.5, 200), np.full(400, 0.5)]
+  )
+  inner = optax.contrib.reduce_on_plateau(factor=0.5, patience=2, accumulation_size=10)
+  tx = nag_optax.anneal_after_progress(inner, drop=0.1, window=20)
+  start = _windows_until_progress(losses, 0.1, 20)
+  assert start is not None and 300 < start < 500
+  state = tx.init(jnp.ones(()))
+  scales = []
+  for v in losses:
+    scale, state = tx.update(jnp.ones(()), state, value=jnp.float32(v))
+    scales.append(float(scale))
+  # The reference: the plateau alone, fed only the losses from the progress update on.
+  ref_state, ref = inner.init(jnp.ones(())), []
+  for v in losses[start - 1 :]:
+    scale, ref_state = inner.update(jnp.ones(()), ref_state, value=jnp.float32(v))
+    ref.append(float(scale))
+  np.testing.assert_array_equal(scales[: start - 1], 1.0)
+  np.testing.assert_allclose(scales[start - 1 :], ref)
+  assert min(ref) < 1.0  # the flat end is annealed once the run has made progress
+  assert bool(state.progressed)
+
+
+def _plateau_scales_on_a_flat_loss(tx, steps=2_000):
+  noise = jax.random.normal(jax.random.PRNGKey(1), (steps, 16))
+
+  def step(carry, xi):
+    x, state = carry
+    updates, state = tx.update(xi, state, x, value=2.3 + 0.01 * xi[0])
+    return (optax.apply_updates(x, updates), state), optax.tree.get(state, "plateau_scale")
+
+  x0 = jnp.ones(16)
+  _, scales = jax.jit(lambda c: jax.lax.scan(step, c, noise))((x0, tx.init(x0)))
+  return np.asarray(scales)
+
+
+@pytest.mark.parametrize(
+  "make,patience", [(nag_optax.auto_nag_sgd, 3), (nag_optax.auto_nadamw, 10)]
+)
+def test_a_loss_that_has_not_started_to_fall_is_not_annealed(make, patience):
+  # A recurrent network at chance level: the loss is flat (noisy) for 2,000 updates. The
+  # annealing reads a flat loss as convergence and, fed from the start, cuts the step to its
+  # floor before training begins; the default waits for the loss to fall.
+  np.testing.assert_array_equal(_plateau_scales_on_a_flat_loss(make()), 1.0)
+  unwaited = optax.contrib.reduce_on_plateau(
+    factor=0.5, patience=patience, accumulation_size=25, min_scale=0.03
+  )
+  np.testing.assert_allclose(_plateau_scales_on_a_flat_loss(make(plateau=unwaited))[-1], 0.03)
+
+
+def test_anneal_after_progress_rejects_bad_arguments():
+  plateau = optax.contrib.reduce_on_plateau()
+  with pytest.raises(ValueError, match="drop"):
+    nag_optax.anneal_after_progress(plateau, drop=1.0)
+  with pytest.raises(ValueError, match="drop"):
+    nag_optax.anneal_after_progress(plateau, drop=0.0)
+  with pytest.raises(ValueError, match="window"):
+    nag_optax.anneal_after_progress(plateau, window=0)
+  with pytest.raises(TypeError, match="plateau"):
+    nag_optax.anneal_after_progress(None)
+  with pytest.raises(TypeError, match="plateau"):
+    nag_optax.anneal_after_progress(0.5)
+  tx = nag_optax.anneal_after_progress(plateau)
+  with pytest.raises(ValueError, match="value"):
+    tx.update(jnp.ones(()), tx.init(jnp.ones(())))

@@ -189,19 +189,26 @@ def auto_nag(
 ANNEALING_FLOOR = 0.03
 
 # auto_nag_sgd's bounded annealing: the step is halved after 3 windows of 25 updates without a
-# new lowest mean training loss, down to 3% of the distance-based rate at most (built once; a
-# transformation is immutable).
-DEFAULT_PLATEAU = optax.contrib.reduce_on_plateau(
-  factor=0.5, patience=3, accumulation_size=25, min_scale=ANNEALING_FLOOR
+# new lowest mean training loss, down to 3% of the distance-based rate at most, once the loss has
+# started to fall (the mean of a 25-update window 10% below the first one's): fed from the start,
+# it cut the step to its floor while a GRU sat at its chance-level loss, and the run never
+# learned (benchmarks/heldout.py). Built once; a transformation is immutable.
+DEFAULT_PLATEAU = hypergradient.anneal_after_progress(
+  optax.contrib.reduce_on_plateau(
+    factor=0.5, patience=3, accumulation_size=25, min_scale=ANNEALING_FLOOR
+  )
 )
 
 
 # auto_nadamw's annealing: the step is halved after 10 windows of 25 updates (250 updates)
-# without a new lowest mean training loss, down to 3% of the distance-based rate at most. Its
+# without a new lowest mean training loss, down to 3% of the distance-based rate at most, once
+# the loss has started to fall (as above). Its
 # iterate average does the settling a decayed schedule does at the end of a run, so the step is
 # only halved on long plateaus.
-AVERAGED_PLATEAU = optax.contrib.reduce_on_plateau(
-  factor=0.5, patience=10, accumulation_size=25, min_scale=ANNEALING_FLOOR
+AVERAGED_PLATEAU = hypergradient.anneal_after_progress(
+  optax.contrib.reduce_on_plateau(
+    factor=0.5, patience=10, accumulation_size=25, min_scale=ANNEALING_FLOOR
+  )
 )
 
 
@@ -234,8 +241,10 @@ def auto_nag_sgd(
   over windows of 25 updates has not set a new low for 3 windows, down to 3% of the distance
   rate at most (``optax.contrib.reduce_on_plateau(0.5, 3, accumulation_size=25,
   min_scale=0.03)``): enough to settle into a narrow valley (the Rosenbrock checks) and to
-  finish a run the way a decayed schedule does, never a collapse. Without ``value`` the rate is
-  the distance estimate alone.
+  finish a run the way a decayed schedule does, never a collapse. It starts once the loss has
+  started to fall (:func:`anneal_after_progress`: a 25-update window's mean 10% below the first
+  window's), so a run that sits at its initial loss before it learns, as recurrent networks do,
+  is not annealed before it begins. Without ``value`` the rate is the distance estimate alone.
 
   Works in every Optax / Flax loop: no extra argument is needed (Flax linen's ``TrainState``
   passes none). A non-finite gradient skips the update (state kept); ``max_nonfinite`` of them
@@ -359,7 +368,8 @@ def auto_nadamw(
   over windows of 25 updates has not set a new low for 10 windows, down to 3% of the distance
   rate at most (``optax.contrib.reduce_on_plateau(0.5, 10, accumulation_size=25,
   min_scale=0.03)``): enough to settle into a narrow valley (the Rosenbrock checks), never a
-  collapse. Without ``value`` the rate is the distance estimate alone.
+  collapse; it starts once the loss has started to fall (:func:`anneal_after_progress`). Without
+  ``value`` the rate is the distance estimate alone.
 
   Stopping: as :func:`auto_nag_sgd` (``validation_patience`` with a ``validation_loss`` extra
   argument, ``patience`` on ``value``, ``max_steps``, ``min_learning_rate``); none by default.
