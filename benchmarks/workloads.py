@@ -509,6 +509,47 @@ def _steps(x):
   return "-" if x is None or not math.isfinite(x) else f"{x:,.0f}"
 
 
+def _stop_rows(stop: dict) -> list:
+  """The stopping-signal table of a workload, with a warning under it for every reference lane
+  that stopped: its best step is then a lower bound and the stop is judged against too little."""
+  parts = [
+    "",
+    "Stopping signal (criteria enabled, patience "
+    f"{next(iter(stop.values()))['patience']} steps): first step where "
+    "`should_stop(state)` holds; the step of the best validation metric of the same "
+    "optimizer without the stop (a second lane of the same program, same seeds and "
+    "batches, whose patience the run never reaches: the same arithmetic up to the stop); "
+    "and the metric lost by stopping (the stopped lane's best up to the stop against the "
+    "unstopped lane's best, relative), per seed; stop / best: the stop step (the end of "
+    "the run if it never stopped) over the best step.",
+    "",
+    "| method | reads validation_loss | stop step | best step | stop / best | lost |",
+    "|---|---|---|---|---|---|",
+  ]
+  for n, s in stop.items():
+    ps = s["per_seed"]
+    parts.append(
+      f"| {n} | {'yes' if s['reads_validation_loss'] else 'no'} | "
+      + ", ".join(_steps(p["stop_step"]) if p["stop_step"] else "never" for p in ps)
+      + " | "
+      + ", ".join(_steps(p["best_step"]) for p in ps)
+      + " | "
+      + ", ".join(_fmt(p["stop_over_best"], ".2f") for p in ps)
+      + " | "
+      + ", ".join(_fmt(100 * p["relative_loss"], ".2f") + "%" for p in ps)
+      + " |"
+    )
+  stopped = [n for n, s in stop.items() if not s.get("reference_never_stopped", True)]
+  if stopped:
+    parts += [
+      "",
+      "**Warning:** the never-stopping reference lane stopped within the run for "
+      + ", ".join(stopped)
+      + ": its best step is a lower bound, and the stop is judged against too little.",
+    ]
+  return parts
+
+
 def render_markdown(suite: WorkloadsResult) -> str:
   parts = [f"## {suite.title}", "", suite.description.strip(), ""]
   agg = suite.aggregate
@@ -577,33 +618,7 @@ def render_markdown(suite: WorkloadsResult) -> str:
         f"{e['ms_per_step']:.2f} | {final_lr} |"
       )
     if res["stop"]:
-      parts += [
-        "",
-        "Stopping signal (criteria enabled, patience "
-        f"{next(iter(res['stop'].values()))['patience']} steps): first step where "
-        "`should_stop(state)` holds; the step of the best validation metric of the same "
-        "optimizer without the stop (a second lane of the same program, same seeds and "
-        "batches, whose patience the run never reaches: the same arithmetic up to the stop); "
-        "and the metric lost by stopping (the stopped lane's best up to the stop against the "
-        "unstopped lane's best, relative), per seed; stop / best: the stop step (the end of "
-        "the run if it never stopped) over the best step.",
-        "",
-        "| method | reads validation_loss | stop step | best step | stop / best | lost |",
-        "|---|---|---|---|---|---|",
-      ]
-      for n, s in res["stop"].items():
-        ps = s["per_seed"]
-        parts.append(
-          f"| {n} | {'yes' if s['reads_validation_loss'] else 'no'} | "
-          + ", ".join(_steps(p["stop_step"]) if p["stop_step"] else "never" for p in ps)
-          + " | "
-          + ", ".join(_steps(p["best_step"]) for p in ps)
-          + " | "
-          + ", ".join(_fmt(p["stop_over_best"], ".2f") for p in ps)
-          + " | "
-          + ", ".join(_fmt(100 * p["relative_loss"], ".2f") + "%" for p in ps)
-          + " |"
-        )
+      parts += _stop_rows(res["stop"])
     if "long_run" in res:
       lr_ = res["long_run"]
       steps = next(iter(lr_.values()))["steps"]

@@ -224,6 +224,24 @@ def test_stop_outcome_judges_the_stop_against_the_unstopped_run():
   assert loss["relative_loss"] == pytest.approx(0.1 / 2.4)
 
 
+def test_stop_table_warns_when_the_reference_lane_stopped():
+  from benchmarks import workloads
+
+  seed = algoperf.stop_outcome([0.5, 0.8, 0.8], 20, [0.5, 0.8, 0.9], 10, True)
+  entry = dict(patience=30, reads_validation_loss=True, per_seed=[seed], wall_s=1.0)
+  clean = workloads._stop_rows({"a": dict(entry, reference_never_stopped=True)})
+  assert "| a | yes | 20 | 30 | 0.67 | 11.11% |" in clean
+  assert not any("Warning" in line for line in clean)
+  flagged = workloads._stop_rows(
+    {
+      "a": dict(entry, reference_never_stopped=True),
+      "b": dict(entry, reference_never_stopped=False),
+    }
+  )
+  warnings = [line for line in flagged if "Warning" in line]
+  assert len(warnings) == 1 and "for b:" in warnings[0] and "a," not in warnings[0]
+
+
 @pytest.mark.parametrize("patience", [1, 3, 7, 12])
 def test_replayed_validation_stop_matches_stop_when(patience):
   # The replay must fire at the very update where stop_when(validation_patience=...) fires when
