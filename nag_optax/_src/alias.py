@@ -278,10 +278,13 @@ def auto_nag_sgd(
     >>> params = {"w": jnp.ones(3)}
     >>> state = tx.init(params)
     >>> loss = lambda p: jnp.sum((p["w"] - 2.0) ** 2)
-    >>> for _ in range(200):
+    >>> @jax.jit
+    ... def step(params, state):
     ...   value, grads = jax.value_and_grad(loss)(params)
     ...   updates, state = tx.update(grads, state, params, value=value)
-    ...   params = optax.apply_updates(params, updates)
+    ...   return optax.apply_updates(params, updates), state
+    >>> for _ in range(200):
+    ...   params, state = step(params, state)
     >>> print(float(loss(params)) < 1e-3)
     True
 
@@ -399,10 +402,13 @@ def auto_nadamw(
     >>> params = {"w": jnp.ones(3)}
     >>> state = tx.init(params)
     >>> loss = lambda p: jnp.sum((p["w"] - 2.0) ** 2)
-    >>> for _ in range(300):
+    >>> @jax.jit
+    ... def step(params, state):
     ...   value, grads = jax.value_and_grad(loss)(params)
     ...   updates, state = tx.update(grads, state, params, value=value)
-    ...   params = optax.apply_updates(params, updates)
+    ...   return optax.apply_updates(params, updates), state
+    >>> for _ in range(300):
+    ...   params, state = step(params, state)
     >>> print(float(loss(params)) < 1e-3, float(loss(nag_optax.averaged_params(state))) < 1e-3)
     True True
 
