@@ -26,6 +26,7 @@ import nag_optax
 from benchmarks import loop
 from benchmarks import methods
 from benchmarks import report
+from benchmarks import spectral
 from problems import quadratics
 
 TOL = 1e-6
@@ -253,6 +254,13 @@ METHODS = (
   methods.Method(
     'auto_nag(schedule="convex"), previous default, gradient-only',
     lambda d, lr: nag_optax.auto_nag(schedule="convex", rtol=None),
+    pass_extra_args=False,
+  ),
+  # A direction measured for auto_nag's default (not a nag_optax API): the spectral gradient
+  # method with the ABBmin step, gradient-only, no momentum, no safeguard (benchmarks/spectral.py).
+  methods.Method(
+    spectral.NAME,
+    lambda d, lr: spectral.abbmin(),
     pass_extra_args=False,
   ),
   *methods.tuned_baselines(SGD_GRID, ADAM_GRID),
