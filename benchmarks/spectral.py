@@ -33,10 +33,6 @@ class ABBminState(NamedTuple):
   prev_grad: optax.Updates
 
 
-def _vdot(a, b):
-  return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-
-
 def abbmin(tau: float = 0.8, memory: int = 3) -> optax.GradientTransformation:
   """The ABBmin spectral gradient step (see the module docstring); ``update`` needs ``params``."""
 
@@ -55,9 +51,9 @@ def abbmin(tau: float = 0.8, memory: int = 3) -> optax.GradientTransformation:
   def update(grads, state, params=None):
     if params is None:
       raise ValueError("abbmin needs params: call update(grads, state, params).")
-    s = jax.tree.map(lambda a, b: a - b, params, state.prev_params)
-    y = jax.tree.map(lambda a, b: a - b, grads, state.prev_grad)
-    sy, ss, yy = _vdot(s, y), _vdot(s, s), _vdot(y, y)
+    s = optax.tree.sub(params, state.prev_params)
+    y = optax.tree.sub(grads, state.prev_grad)
+    sy, ss, yy = optax.tree.vdot(s, y), optax.tree.vdot(s, s), optax.tree.vdot(y, y)
     curved = (sy > 0) & jnp.isfinite(sy) & (yy > 0)
     long_step = ss / jnp.where(curved, sy, 1.0)
     short_step = sy / jnp.where(curved, yy, 1.0)
@@ -67,8 +63,7 @@ def abbmin(tau: float = 0.8, memory: int = 3) -> optax.GradientTransformation:
     take_short = short_step < state.tau * long_step
     spectral = jnp.where(take_short, jnp.min(shorts), long_step)
     tau_next = jnp.where(curved, jnp.where(take_short, 0.9, 1.1) * state.tau, state.tau)
-    size = sum(x.size for x in jax.tree.leaves(grads))
-    probe = PROBE / jnp.sqrt(_vdot(grads, grads) / size)
+    probe = PROBE / jnp.sqrt(optax.tree.vdot(grads, grads) / optax.tree.size(grads))
     step = jnp.where(state.count == 0, probe, jnp.where(curved, spectral, 2.0 * state.step))
     updates = jax.tree.map(lambda g: (-step * g).astype(g.dtype), grads)
     new_state = ABBminState(
