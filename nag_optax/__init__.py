@@ -20,6 +20,8 @@ from nag_optax._src.step_size import ScaleByBacktrackingState
 from nag_optax._src.step_size import ScaleByCurvatureState
 from nag_optax._src.hypergradient import ScaleByDistanceState
 from nag_optax._src.hypergradient import ScaleByHypergradientState
+from nag_optax._src.spectral import ScaleBySpectralState
+from nag_optax._src.spectral import scale_by_spectral
 from nag_optax._src.step_size import scale_by_backtracking
 from nag_optax._src.step_size import scale_by_curvature
 from nag_optax._src.hypergradient import scale_by_distance
@@ -43,6 +45,7 @@ __all__ = (
   "ScaleByCurvatureState",
   "ScaleByDistanceState",
   "ScaleByHypergradientState",
+  "ScaleBySpectralState",
   "Solution",
   "auto_nag",
   "auto_nadamw",
@@ -59,6 +62,7 @@ __all__ = (
   "scale_by_curvature",
   "scale_by_distance",
   "scale_by_hypergradient",
+  "scale_by_spectral",
   "should_stop",
   "stop_reason",
   "stop_when",

@@ -55,6 +55,7 @@ OPTIMIZERS = {
   ),
   "nag_strongly_convex": (_strongly_convex, dict(learning_rate=1e-3, condition_number=1e3)),
   "auto_nag": (nag_optax.auto_nag, dict(safety=1.0)),
+  "scale_by_spectral": (nag_optax.scale_by_spectral, dict(sufficient_decrease=1e-4)),
   "scale_by_curvature_chain": (_curvature_chain, dict(safety=1.0)),
   "scale_by_backtracking_chain": (_backtracking_chain, dict(increase_factor=2.0)),
   "stop_when_nag": (_stop_when_nag, dict(learning_rate=1e-3)),
@@ -68,6 +69,8 @@ OPTIMIZERS = {
 # differences of auto_nadamw (1e-7 after 5 steps, 1e-5 after 50, 9e-5 after 100, 4% after 200).
 INJECT_RTOL = {"auto_nadamw": 3e-4}
 INJECT_STEPS = {"auto_nadamw": 100}
+# Integer arguments that size state arrays cannot be traced (Optax's own rule for such arguments).
+INJECT_STATIC = {"scale_by_spectral": ("memory", "window")}
 
 # (optimizer, problem) -> why it does not converge within the test's budget; strict, so the day
 # it passes is visible. Empty: every optimizer converges on every problem (auto_nag_sgd on
@@ -189,7 +192,9 @@ def test_inject_hyperparams_gives_the_same_updates(name):
   params, fun, _ = _rosenbrock()
   steps = INJECT_STEPS.get(name, 300)
   plain, _, _ = _run(factory(**kwargs), fun, params, steps)
-  injected_opt = optax.inject_hyperparams(factory)(**kwargs)
+  injected_opt = optax.inject_hyperparams(factory, static_args=INJECT_STATIC.get(name, ()))(
+    **kwargs
+  )
   injected, state, _ = _run(injected_opt, fun, params, steps)
   chex.assert_trees_all_close(plain, injected, rtol=INJECT_RTOL.get(name, 1e-5), atol=1e-6)
   for key, value in kwargs.items():

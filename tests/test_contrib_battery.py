@@ -39,6 +39,9 @@ OPTIMIZERS = {
   "prodigy": (lambda: optax.contrib.prodigy(learning_rate=1e-1), False),  # battery's kwargs
   "auto_nag_sgd": (lambda: nag_optax.auto_nag_sgd(), True),
   "auto_nadamw": (lambda: nag_optax.auto_nadamw(), True),
+  # The full-batch spectral method (not a minibatch optimizer): gradient-only, as Optax's
+  # battery passes no value to it.
+  "auto_nag_spectral": (lambda: nag_optax.auto_nag(method="spectral", rtol=None), False),
 }
 
 

@@ -99,6 +99,7 @@ def stop_when(
   min_learning_rate: Optional[float] = None,
   validation_patience: Optional[int] = None,
   max_nonfinite: int = 5,
+  pass_nonfinite: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Wrap a transformation with a stopping signal and a non-finite guard.
 
@@ -122,7 +123,11 @@ def stop_when(
   are exactly zero and no state changes, so a fixed-length ``lax.scan`` loop is safe.
 
   A step whose gradient, ``value`` or inner update is not finite is skipped: zero update, state
-  kept. After ``max_nonfinite`` consecutive skips the signal fires with ``NONFINITE``. NaN never
+  kept. After ``max_nonfinite`` consecutive skips the signal fires with ``NONFINITE``. With
+  ``pass_nonfinite`` a non-finite gradient or ``value`` is passed to ``inner`` instead, and its
+  update is applied when finite: for a transformation that backs out of a non-finite point
+  (:func:`scale_by_spectral` returns to its last accepted point); ``max_nonfinite`` consecutive
+  non-finite inputs still stop the run. NaN never
   satisfies a convergence test. Norms are global over the pytree (correct for sharded arrays).
 
   Args:
@@ -136,6 +141,7 @@ def stop_when(
     min_learning_rate: stop when the ``learning_rate`` in the inner state falls below this floor.
     validation_patience: updates without a new lowest ``validation_loss`` before stopping.
     max_nonfinite: consecutive non-finite steps tolerated before stopping (>= 1).
+    pass_nonfinite: pass non-finite inputs to ``inner`` and apply its finite update.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is a :class:`StopWhenState`.
@@ -168,6 +174,8 @@ def stop_when(
   validation.check_int("patience", patience, low=1)
   validation.check_int("validation_patience", validation_patience, low=1)
   validation.check_int("max_nonfinite", max_nonfinite, low=1, allow_none=False)
+  if not isinstance(pass_nonfinite, bool):
+    raise TypeError(f"pass_nonfinite must be a bool, got {pass_nonfinite!r}.")
   if not isinstance(inner, optax.GradientTransformation):
     raise ValueError(f"inner must be an optax.GradientTransformation, got {type(inner).__name__}.")
   inner = optax.with_extra_args_support(inner)
@@ -294,7 +302,7 @@ def stop_when(
     inner_updates = jax.tree.map(lambda u, g: u.astype(g.dtype), inner_updates, updates)
     update_norm = numerics.norm(inner_updates, dtype)
     finite = inputs_finite & jnp.isfinite(update_norm)
-    apply = ~state.stop & ~stop_now & finite
+    apply = ~state.stop & ~stop_now & (jnp.isfinite(update_norm) if pass_nonfinite else finite)
 
     nonfinite_count = jnp.where(finite, 0, state.nonfinite_count + 1)
     reason = fire(reason, ~finite & (nonfinite_count >= max_nonfinite), StopReason.NONFINITE)
