@@ -16,7 +16,6 @@ import nag_optax
 from benchmarks import loop
 from benchmarks import methods
 from benchmarks import report
-from benchmarks import spectral
 from problems import quadratics
 
 TOL = 1e-6
@@ -100,11 +99,17 @@ METHODS = (
     lambda p, lr: nag_optax.auto_nag(schedule="convex", rtol=None),
     pass_extra_args=False,
   ),
-  # A direction measured for auto_nag's default (not a nag_optax API): the spectral gradient
-  # method with the ABBmin step, gradient-only, no momentum, no safeguard (benchmarks/spectral.py).
+  # The spectral method (Barzilai-Borwein steps, non-monotone test): gradient-only and with
+  # value (the loss comes with the gradient; a value_fn call backtracks the first step only).
   methods.Method(
-    spectral.NAME,
-    lambda p, lr: spectral.abbmin(),
+    'auto_nag(method="spectral") (value, value_fn passed)',
+    lambda p, lr: nag_optax.auto_nag(method="spectral", rtol=None),
+    uses_value=True,
+    count_value=False,
+  ),
+  methods.Method(
+    'auto_nag(method="spectral") gradient-only',
+    lambda p, lr: nag_optax.auto_nag(method="spectral", rtol=None),
     pass_extra_args=False,
   ),
 )

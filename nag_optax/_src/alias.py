@@ -131,10 +131,10 @@ def auto_nag(
   ``method="spectral"`` is ``stop_when(scale_by_spectral(initial_step), pass_nonfinite=True)``
   instead: Barzilai-Borwein steps (ABBmin) with a non-monotone acceptance test that needs no
   function values (:func:`scale_by_spectral`), two buffers. On the benchmarks' ill-conditioned
-  quadratics and logistic regressions it needs fewer gradients than the Nesterov default (1.2-1.5x
-  the first-order lower bound on the quadratics against 1.6-2.1x); on non-convex valleys it is
-  slower (100-D Rosenbrock from 0: about 3x the default's gradients), which is why it is not the
-  default. ``safety``, ``decay``, ``estimate``, ``schedule``, ``restart`` and
+  quadratics and logistic regressions it needs fewer gradients than the Nesterov default (at most
+  1.62x the first-order lower bound on the quadratics against up to 2.14x); on non-convex valleys
+  it is slower (100-D Rosenbrock from 0: 3.2-3.5x the default's gradients), which is why it is not
+  the default. ``safety``, ``decay``, ``estimate``, ``schedule``, ``restart`` and
   ``accumulator_dtype`` belong to the Nesterov method and must keep their defaults with it.
 
   Extra arguments: with ``value`` and ``value_fn`` (passed by :func:`minimize`, Optimistix and any
