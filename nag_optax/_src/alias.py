@@ -133,8 +133,9 @@ def auto_nag(
   function values (:func:`scale_by_spectral`), two buffers. On the benchmarks' ill-conditioned
   quadratics and logistic regressions it needs fewer gradients than the Nesterov default (at most
   1.62x the first-order lower bound on the quadratics against up to 2.14x); on non-convex valleys
-  it is slower (100-D Rosenbrock from 0: 3.2-3.5x the default's gradients), which is why it is not
-  the default. ``safety``, ``decay``, ``estimate``, ``schedule``, ``restart`` and
+  it is slower (100-D Rosenbrock from 0: 3.2-3.5x the default's gradients), and in float32 on
+  ill-conditioned problems it stalls on rounding (see :func:`scale_by_spectral`), which is why it
+  is not the default. ``safety``, ``decay``, ``estimate``, ``schedule``, ``restart`` and
   ``accumulator_dtype`` belong to the Nesterov method and must keep their defaults with it.
 
   Extra arguments: with ``value`` and ``value_fn`` (passed by :func:`minimize`, Optimistix and any

@@ -94,6 +94,13 @@ def scale_by_spectral(
   iteration, because its steps sweep the spectrum. Memory: two parameter-sized buffers (the
   accepted point and its gradient).
 
+  Precision: the steps come from differences of gradients, and the long ones (about
+  ``1 / mu``) amplify the rounding error of those differences along the stiff directions. In
+  float32 on ill-conditioned problems it stalls where the Nesterov method does not: on a
+  300-dimensional quadratic with condition number 1e4, to 1e-4 of the initial distance, 9,473
+  gradients against ``auto_nag()``'s 847 (float64: 1,044 against 1,197). Use it in float64
+  (``jax.config.update("jax_enable_x64", True)``) for such problems.
+
   Args:
     initial_step: the first step; ``None`` for a probe of relative length ``1e-4`` along ``-g``.
     tau: the initial ABBmin threshold, in ``(0, 1)``.
