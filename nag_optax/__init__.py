@@ -21,6 +21,7 @@ from nag_optax._src.step_size import ScaleByCurvatureState
 from nag_optax._src.hypergradient import ScaleByDistanceState
 from nag_optax._src.hypergradient import ScaleByHypergradientState
 from nag_optax._src.spectral import ScaleBySpectralState
+from nag_optax._src.spectral import SpectralThenNesterovState
 from nag_optax._src.spectral import scale_by_spectral
 from nag_optax._src.step_size import scale_by_backtracking
 from nag_optax._src.step_size import scale_by_curvature
@@ -46,6 +47,7 @@ __all__ = (
   "ScaleByDistanceState",
   "ScaleByHypergradientState",
   "ScaleBySpectralState",
+  "SpectralThenNesterovState",
   "Solution",
   "auto_nag",
   "auto_nadamw",

@@ -123,8 +123,12 @@ def test_curvature_chain_accelerates_on_ill_conditioned_quadratic(x64, with_valu
 @pytest.mark.parametrize("factor", [1e-6, 1e-3, 1.0, 1e3, 1e6])
 def test_auto_nag_is_robust_to_the_initial_step(x64, factor):
   q = quadratics.make_quadratic(100, 1e4, seed=5)
-  reference, _, _ = _auto_nag_steps(q, with_value=True)
-  tx = nag_optax.auto_nag(initial_step=factor / q.lipschitz, rtol=None)
+  # The Nesterov method (auto_nag's float32 method and its float64 phase after the switch);
+  # the spectral method's robustness is in test_spectral.py.
+  reference, _, _ = _auto_nag_steps(
+    q, nag_optax.auto_nag(method="nesterov", rtol=None), with_value=True
+  )
+  tx = nag_optax.auto_nag(method="nesterov", initial_step=factor / q.lipschitz, rtol=None)
   k, x, state = _auto_nag_steps(q, tx, with_value=True)
   chex.assert_tree_all_finite(x)
   assert k <= reference + 50  # a small additive loss at most
@@ -250,10 +254,10 @@ def test_bad_configuration_raises(factory, kwargs, name):
 
 @pytest.mark.parametrize("spacing,kappa,bound", [("log", 1e4, 1.8), ("linear", 1e4, 0.9)])
 def test_auto_nag_on_the_quadratic_suites_problems(x64, spacing, kappa, bound):
-  # The quadratic benchmark's own problems (n = 300, seed 0): measured 1.73 and 0.83 x N_LB
-  # (FISTA with restart, the previous default: 2.18 and 1.06). #14 asks for 1.75 everywhere.
+  # The quadratic benchmark's own problems (n = 300, seed 0), the Nesterov method: measured 1.73
+  # and 0.83 x N_LB (FISTA with restart, its previous schedule: 2.18 and 1.06).
   q = quadratics.make_quadratic(300, kappa, spacing=spacing, seed=0)
-  k, _, state = _auto_nag_steps(q)
+  k, _, state = _auto_nag_steps(q, nag_optax.auto_nag(method="nesterov", rtol=None))
   assert k <= bound * q.lower_bound_iterations(1e-6), k
   estimate = float(optax.tree.get(state, "condition_number"))
   assert kappa <= estimate <= 100 * kappa  # the restarts measured kappa, with room to spare

@@ -3,10 +3,12 @@
 from typing import Literal, Optional, Union
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from nag_optax._src import averaging
 from nag_optax._src import momentum as momentum_lib
+from nag_optax._src import numerics
 from nag_optax._src import hypergradient
 from nag_optax._src import spectral
 from nag_optax._src import step_size
@@ -86,7 +88,7 @@ def nag(
 
 def auto_nag(
   *,
-  method: Literal["nesterov", "spectral"] = "nesterov",
+  method: Literal["auto", "nesterov", "spectral"] = "auto",
   initial_step: Optional[float] = None,
   safety: float = 1.0,
   decay: float = 0.9,
@@ -105,9 +107,30 @@ def auto_nag(
 ) -> optax.GradientTransformationExtraArgs:
   r"""Tuning-free accelerated gradient descent for full-batch (deterministic) problems.
 
-  ``stop_when(chain(scale_by_curvature(decay=0.9, estimate="cocoercive"),
-  nesterov(schedule="adaptive", restart="gradient")))``: with ``dy = y_k - y_{k-1}`` and
-  ``dg = g_k - g_{k-1}``,
+  Three methods, all wrapped in :func:`stop_when`:
+
+  * ``method="nesterov"``: ``chain(scale_by_curvature(decay=0.9, estimate="cocoercive"),
+    nesterov(schedule="adaptive", restart="gradient"))``, below.
+  * ``method="spectral"``: ``scale_by_spectral(initial_step)`` (Barzilai-Borwein steps under a
+    non-monotone test that needs no function values), with ``pass_nonfinite=True``.
+  * ``method="auto"`` (the default): with float64 params, the spectral steps while every
+    accepted pair shows positive curvature, then, from the first pair that curves down
+    (``<s, y> < 0``: a non-convex region), the Nesterov method, started afresh there; the two
+    phases share their point and gradient buffers. With float32 (or lower) params, the Nesterov
+    method from the start: the spectral method's long steps (about ``1/mu``) amplify the
+    rounding of the iterates by up to the condition number, so in float32 it stalls on
+    ill-conditioned problems (see :func:`scale_by_spectral`).
+
+  Measured (benchmarks/RESULTS.md, float64): on the quadratic suite the spectral phase needs at
+  most 1.53x the first-order lower bound with ``value`` and 1.62x gradient-only, where the
+  Nesterov method needs up to 2.14x (and the best fixed Nesterov step and momentum, knowing L and
+  mu, 1.82x). The spectral steps are chaotic, so their counts vary with rounding: from starts
+  moved by 1e-9, at condition number 1e6, 1.34-1.70x with ``value`` and 1.43-1.81x without (up to
+  2.09x with JAX 0.6). On the logistic regressions fewer iterations than the Nesterov method on
+  all four with ``value`` (three of four gradient-only); Rosenbrock 2-D and 100-D switch within
+  10 steps and take 241 and 899 steps against 327 and 974.
+
+  The Nesterov method: with ``dy = y_k - y_{k-1}`` and ``dg = g_k - g_{k-1}``,
 
   .. math::
 
@@ -126,27 +149,25 @@ def auto_nag(
   step is never below ``1/L``; the decayed maximum lets it grow by up to 11% per step where the
   curvature falls), and restart plus the estimated ``kappa`` give the linear rate of strongly
   convex problems without knowing ``mu``. ``schedule="convex"`` (FISTA with restart throughout)
-  is the previous default.
-
-  ``method="spectral"`` is ``stop_when(scale_by_spectral(initial_step), pass_nonfinite=True)``
-  instead: Barzilai-Borwein steps (ABBmin) with a non-monotone acceptance test that needs no
-  function values (:func:`scale_by_spectral`), two buffers. On the benchmarks' ill-conditioned
-  quadratics and logistic regressions it needs fewer gradients than the Nesterov default (at most
-  1.62x the first-order lower bound on the quadratics against up to 2.14x); on non-convex valleys
-  it is slower (100-D Rosenbrock from 0: 3.2-3.5x the default's gradients), and in float32 on
-  ill-conditioned problems it stalls on rounding (see :func:`scale_by_spectral`), which is why it
-  is not the default. ``safety``, ``decay``, ``estimate``, ``schedule``, ``restart`` and
-  ``accumulator_dtype`` belong to the Nesterov method and must keep their defaults with it.
+  is its previous schedule. ``safety``, ``decay``, ``estimate``, ``schedule``, ``restart`` and
+  ``accumulator_dtype`` belong to it (with ``"auto"``, to its phase) and must keep their
+  defaults with ``method="spectral"``.
 
   Extra arguments: with ``value`` and ``value_fn`` (passed by :func:`minimize`, Optimistix and any
   Optax line-search loop) the first step is checked by backtracking, so a wild ``initial_step``
   costs a few function evaluations once; every later step evaluates nothing beyond the gradient.
   Without them (gradient-only, e.g. Flax ``TrainState``) the first step is a small probe.
 
-  Memory: three parameter-sized buffers (momentum, previous point, previous gradient).
+  Readable state (``optax.tree.get``): ``learning_rate`` (the step in use), ``rejections`` (the
+  spectral phase's rejected trials), ``switched`` (``"auto"`` with float64 params: the Nesterov
+  phase has begun),
+  ``momentum``, ``restarts``, ``condition_number`` (the Nesterov method).
+
+  Memory: three parameter-sized buffers (momentum, previous point, previous gradient; the
+  spectral method needs the last two only).
 
   Args:
-    method: ``"nesterov"`` (the accelerated method above) or ``"spectral"``.
+    method: ``"auto"``, ``"nesterov"`` or ``"spectral"`` (above).
     initial_step: the first step; ``None`` for a scale-free probe.
     safety: the step is ``safety / L_k``.
     decay: forgetting factor of the curvature estimate (``1`` keeps the running maximum, so the
@@ -176,8 +197,11 @@ def auto_nag(
 
     Malitsky & Mishchenko, `Adaptive gradient descent without descent
     <https://arxiv.org/abs/1910.09529>`_, 2020.
+
+    Raydan, `The Barzilai and Borwein gradient method for the large scale unconstrained
+    minimization problem <https://doi.org/10.1137/S1052623494266365>`_, SIAM J. Optim. 1997.
   """
-  validation.check_choice("method", method, ("nesterov", "spectral"))
+  validation.check_choice("method", method, ("auto", "nesterov", "spectral"))
   if method == "spectral":
     nesterov_only = dict(
       safety=(safety, 1.0),
@@ -195,12 +219,20 @@ def auto_nag(
         )
     inner = spectral.scale_by_spectral(initial_step)
   else:
-    inner = optax.chain(
-      step_size.scale_by_curvature(initial_step, safety=safety, decay=decay, estimate=estimate),
-      momentum_lib.nesterov(
-        schedule=schedule, restart=restart, accumulator_dtype=accumulator_dtype
-      ),
+    curvature = step_size.scale_by_curvature(
+      initial_step, safety=safety, decay=decay, estimate=estimate
     )
+    accelerated = momentum_lib.nesterov(
+      schedule=schedule, restart=restart, accumulator_dtype=accumulator_dtype
+    )
+    inner = optax.chain(curvature, accelerated)
+    if method == "auto":
+      inner = _by_precision(
+        spectral.spectral_then_nesterov(
+          spectral.scale_by_spectral(initial_step), curvature, accelerated
+        ),
+        inner,
+      )
   return stopping.stop_when(
     inner,
     pass_nonfinite=method == "spectral",
@@ -213,6 +245,25 @@ def auto_nag(
     min_learning_rate=min_learning_rate,
     max_nonfinite=max_nonfinite,
   )
+
+
+def _by_precision(
+  float64: optax.GradientTransformationExtraArgs, lower: optax.GradientTransformationExtraArgs
+) -> optax.GradientTransformationExtraArgs:
+  """``float64`` where the params hold float64 leaves, else ``lower`` (decided from the params'
+  dtypes, at init and at every update alike)."""
+
+  def pick(params):
+    high = numerics.scalar_dtype(validation.as_arrays(params)) == jnp.float64
+    return float64 if high else lower
+
+  def init_fn(params):
+    return pick(params).init(params)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    return pick(updates if params is None else params).update(updates, state, params, **extra_args)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 # Both annealings stop at 3% of the distance-based rate: with a tenth, the normalised steps of

@@ -4,6 +4,7 @@ A complete step rule, not a step size to put before :func:`nesterov`: a rejected
 left again by the next update, which returns to the last accepted point.
 """
 
+import typing
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -35,6 +36,10 @@ class ScaleBySpectralState(NamedTuple):
   value_diffs: jax.Array  #: f - f_ref at the last ``window`` accepted points; -inf where unset.
   ref_value: jax.Array  #: the ``value`` at the accepted point (0 on the gradient-only path).
   rejections: jax.Array  #: int32: trial points rejected so far (each cost one update).
+  #: ``<s, y> / <s, s>`` of the latest accepted pair: the curvature along the step, negative
+  #: where the loss curves down (0 before the first pair).
+  pair_curvature: jax.Array
+  function_evals: jax.Array  #: int32: value_fn evaluations (the first step's backtracking).
   ref_params: Any  #: the last accepted point ``x_ref``.
   ref_grad: Any  #: the gradient at ``x_ref``.
 
@@ -172,6 +177,8 @@ def scale_by_spectral(
       value_diffs=jnp.full((window,), -jnp.inf, dtype).at[0].set(0.0),
       ref_value=jnp.zeros((), dtype),
       rejections=jnp.zeros((), jnp.int32),
+      pair_curvature=jnp.zeros((), dtype),
+      function_evals=jnp.zeros((), jnp.int32),
       ref_params=optax.tree.zeros_like(params),
       ref_grad=optax.tree.zeros_like(params),
     )
@@ -231,10 +238,11 @@ def scale_by_spectral(
 
     accept = accept | first
     first_step = step_size._initial_step(initial_step, params, grad, dtype)
+    evals = jnp.zeros((), jnp.int32)
     if value is not None and value_fn is not None:
       # The first step is checked by backtracking (function values only), so a wild
       # initial_step costs a few evaluations once instead of a rejected update per halving.
-      first_step, _, _ = step_size._backtrack(
+      first_step, _, evals = step_size._backtrack(
         value_fn,
         params,
         grad,
@@ -264,9 +272,117 @@ def scale_by_spectral(
       value_diffs=jnp.where(accept & ~first, shifted, state.value_diffs).astype(dtype),
       ref_value=jnp.where(accept, value_now, state.ref_value).astype(dtype),
       rejections=state.rejections + (~accept).astype(jnp.int32),
+      pair_curvature=jnp.where(
+        accept & ~first, numerics.safe_div(sy, ss), state.pair_curvature
+      ).astype(dtype),
+      function_evals=state.function_evals + evals,
       ref_params=optax.tree.where(accept, params, state.ref_params),
       ref_grad=optax.tree.where(accept, grad, state.ref_grad),
     )
     return new_updates, new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+class _CurvatureScalars(NamedTuple):
+  """:class:`ScaleByCurvatureState` without its two buffers (and with its step renamed, so that
+  ``optax.tree.get(state, "learning_rate")`` finds one value)."""
+
+  count: jax.Array
+  step: jax.Array
+  curvature: jax.Array
+  peak_curvature: jax.Array
+  evals: jax.Array
+
+
+class SpectralThenNesterovState(NamedTuple):
+  """State of ``auto_nag()``'s float64 method: spectral steps, then the Nesterov method."""
+
+  switched: jax.Array  #: bool: a pair without positive curvature was met; Nesterov runs.
+  #: The spectral state; its ``ref_params`` / ``ref_grad`` are also the Nesterov phase's
+  #: previous point and gradient, and its ``learning_rate`` is the step in use in either phase.
+  spectral: ScaleBySpectralState
+  curvature: _CurvatureScalars  #: :func:`scale_by_curvature`'s scalars (Nesterov phase).
+  nesterov: Any  #: :func:`nesterov`'s state (its momentum buffer is the third buffer).
+
+
+def spectral_then_nesterov(
+  spectral: optax.GradientTransformationExtraArgs,
+  curvature: optax.GradientTransformationExtraArgs,
+  nesterov: optax.GradientTransformationExtraArgs,
+) -> optax.GradientTransformationExtraArgs:
+  """``spectral`` (a :func:`scale_by_spectral`) until an accepted pair shows negative curvature
+  (``<s, y> < 0``), then ``chain(curvature, nesterov)`` (a :func:`scale_by_curvature` and a
+  :func:`nesterov`) from that point on, started afresh there. The two phases share the point and
+  gradient buffers, so the state holds three parameter-sized buffers, not five."""
+
+  def init_fn(params):
+    params = validation.as_arrays(params)
+    return SpectralThenNesterovState(
+      switched=jnp.zeros((), bool),
+      spectral=typing.cast(ScaleBySpectralState, spectral.init(params)),
+      curvature=_scalars(typing.cast(step_size.ScaleByCurvatureState, curvature.init(params))),
+      nesterov=nesterov.init(params),
+    )
+
+  def update_fn(updates, state, params=None, **extra_args):
+    updates, params = validation.updates_and_params(updates, params)
+    if params is None:
+      raise ValueError("auto_nag needs params (the point where the gradient was taken).")
+    cast = lambda tree: jax.tree.map(lambda u, g: u.astype(g.dtype), tree, updates)
+
+    def nesterov_phase(state: SpectralThenNesterovState):
+      shared = state.spectral
+      curvature_state = step_size.ScaleByCurvatureState(
+        count=state.curvature.count,
+        learning_rate=state.curvature.step,
+        curvature=state.curvature.curvature,
+        peak_curvature=state.curvature.peak_curvature,
+        function_evals=state.curvature.evals,
+        prev_params=shared.ref_params,
+        prev_grad=shared.ref_grad,
+      )
+      # chain(curvature, nesterov), written out so that the states keep their types.
+      steps, curvature_state = curvature.update(updates, curvature_state, params, **extra_args)
+      curvature_state = typing.cast(step_size.ScaleByCurvatureState, curvature_state)
+      new_updates, nesterov_state = nesterov.update(steps, state.nesterov, params, **extra_args)
+      evals = curvature_state.function_evals - state.curvature.evals
+      shared = shared._replace(
+        learning_rate=curvature_state.learning_rate.astype(shared.learning_rate.dtype),
+        function_evals=shared.function_evals + evals,
+        ref_params=curvature_state.prev_params,
+        ref_grad=curvature_state.prev_grad,
+      )
+      return cast(new_updates), SpectralThenNesterovState(
+        switched=jnp.ones((), bool),
+        spectral=shared,
+        curvature=_scalars(curvature_state),
+        nesterov=nesterov_state,
+      )
+
+    def spectral_phase(state: SpectralThenNesterovState):
+      new_updates, spectral_state = spectral.update(updates, state.spectral, params, **extra_args)
+      spectral_state = typing.cast(ScaleBySpectralState, spectral_state)
+      accepted = (spectral_state.rejections == state.spectral.rejections) & (
+        state.spectral.count > 0
+      )
+      curves_down = accepted & (spectral_state.pair_curvature < 0)
+      stay = (cast(new_updates), state._replace(spectral=spectral_state))
+      # At the switch the Nesterov phase starts from this (accepted) point, its state still as
+      # initialised; the spectral state's counters carry on.
+      switch = lambda _: nesterov_phase(state._replace(spectral=spectral_state))
+      return jax.lax.cond(curves_down, switch, lambda _: stay, None)
+
+    return jax.lax.cond(state.switched, nesterov_phase, spectral_phase, state)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _scalars(state: step_size.ScaleByCurvatureState) -> _CurvatureScalars:
+  return _CurvatureScalars(
+    count=state.count,
+    step=state.learning_rate,
+    curvature=state.curvature,
+    peak_curvature=state.peak_curvature,
+    evals=state.function_evals,
+  )
