@@ -85,8 +85,8 @@ def scale_by_spectral(
   doubles (unless ``s = 0`` too: a zero gradient). On rejection the update returns to ``x_r``
   and tries a shorter step: the minimiser of the quadratic with the directional derivatives
   ``<g_r, d>`` and ``<g_t, d>``, within ``[0.1, 0.5]`` of the rejected step (0.1 where ``g_t``
-  or the value is not finite). A rejection
-  costs one update, and a non-finite gradient at a trial point is backed out of in the same way
+  or the value is not finite). A rejection costs one update, and a non-finite gradient at a
+  trial point is backed out of in the same way
   (wrap it in :func:`stop_when` with ``pass_nonfinite=True``, as ``auto_nag(method="spectral")``
   does, so that the guard lets it; its ``max_nonfinite`` consecutive non-finite trials, each 10x
   shorter, still stop the run). With ``value`` and ``value_fn`` (as :func:`minimize` passes) the
@@ -104,19 +104,18 @@ def scale_by_spectral(
   ``1 / L`` only removes them). So it needs ``kappa * eps`` well below the accuracy sought: in
   float32 on ill-conditioned problems it stalls where the Nesterov method does not: on a
   300-dimensional quadratic with condition number 1e4, to 1e-4 of the initial distance, 9,473
-  gradients against ``auto_nag()``'s 847 (float64: 1,044 against 1,197). Use it in float64
-  (``jax.config.update("jax_enable_x64", True)``) for such problems.
+  gradients against the Nesterov method's 847 (float64: 1,044 against 1,197). Use it in float64
+  (``jax.config.update("jax_enable_x64", True)``) for such problems; ``auto_nag()`` does so by
+  itself (spectral steps only with float64 params).
 
   Args:
     initial_step: the first step; ``None`` for a probe of relative length ``1e-4`` along ``-g``.
     tau: the initial ABBmin threshold, in ``(0, 1)``.
-    memory: how many short steps ABBmin takes the minimum of (``>= 1``).
+    memory: how many short steps ABBmin takes the minimum of (``>= 1``). It sizes a state
+      array: under ``optax.inject_hyperparams`` name it in ``static_args``.
     window: how many accepted values the non-monotone test takes the maximum of (``>= 1``;
-      1 makes it monotone).
+      1 makes it monotone). It sizes a state array, as ``memory`` does.
     sufficient_decrease: the constant ``c`` of the test, in ``(0, 1)``.
-
-  ``memory`` and ``window`` size state arrays: under ``optax.inject_hyperparams`` name them in
-  ``static_args``.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``. Its state exposes
@@ -298,7 +297,7 @@ class _CurvatureScalars(NamedTuple):
 class SpectralThenNesterovState(NamedTuple):
   """State of ``auto_nag()``'s float64 method: spectral steps, then the Nesterov method."""
 
-  switched: jax.Array  #: bool: a pair without positive curvature was met; Nesterov runs.
+  switched: jax.Array  #: bool: an accepted pair curved down (<s, y> < 0); Nesterov runs.
   #: The spectral state; its ``ref_params`` / ``ref_grad`` are also the Nesterov phase's
   #: previous point and gradient, and its ``learning_rate`` is the step in use in either phase.
   spectral: ScaleBySpectralState
