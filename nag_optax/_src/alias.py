@@ -125,10 +125,11 @@ def auto_nag(
   most 1.53x the first-order lower bound with ``value`` and 1.62x gradient-only, where the
   Nesterov method needs up to 2.14x (and the best fixed Nesterov step and momentum, knowing L and
   mu, 1.82x). The spectral steps are chaotic, so their counts vary with rounding: from starts
-  moved by 1e-9, at condition number 1e6, 1.34-1.70x with ``value`` and 1.43-1.81x without (up to
-  2.09x with JAX 0.6). On the logistic regressions fewer iterations than the Nesterov method on
-  all four with ``value`` (three of four gradient-only); Rosenbrock 2-D and 100-D switch within
-  10 steps and take 241 and 899 steps against 327 and 974.
+  moved by 1e-9, at condition number 1e6, 1.34-1.75x with ``value`` and 1.43-2.00x without
+  (medians 1.49-1.52x and 1.69-1.72x; 1.79x without ``value`` with JAX 0.6). On the logistic
+  regressions fewer iterations than the Nesterov method on all four with ``value`` (three of
+  four gradient-only); Rosenbrock 2-D and 100-D switch within 10 steps and take 241 and 899
+  steps against 327 and 974.
 
   The Nesterov method: with ``dy = y_k - y_{k-1}`` and ``dg = g_k - g_{k-1}``,
 
