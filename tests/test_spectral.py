@@ -13,6 +13,7 @@ import pytest
 import nag_optax
 from problems import quadratics
 from tests import loops
+from tests.x64 import enable_x64
 
 
 def _reference(grad, x0, num_steps, value=None, *, tau=0.8, memory=3, window=30, c=1e-4):
@@ -214,13 +215,14 @@ def test_long_steps_on_a_flat_loss_are_rejected_not_taken(x64, start, with_value
   np.testing.assert_allclose(np.asarray(xs[-1]), np.asarray(target), atol=1e-6)
 
 
+@pytest.mark.parametrize("method", ["spectral", "auto"])
 @pytest.mark.parametrize("with_value", [False, True])
-def test_backs_out_of_a_nonfinite_trial_point(x64, with_value):
+def test_backs_out_of_a_nonfinite_trial_point(x64, with_value, method):
   # The loss and its gradient are NaN beyond |x| = 10: a first step of 100 lands there (and
   # the next, 10x shorter, too). The guard passes the non-finite gradient to the spectral step,
   # which returns to the last accepted point. With value_fn the first step is backtracked.
   f = lambda x: jnp.sum(x**2) * jnp.where(jnp.max(jnp.abs(x)) > 10.0, jnp.nan, 1.0)
-  tx = nag_optax.auto_nag(method="spectral", initial_step=100.0, rtol=1e-8)
+  tx = nag_optax.auto_nag(method=method, initial_step=100.0, rtol=1e-8)
   xs, state = loops.iterates(tx, f, jnp.ones(3), 200, with_value=with_value)
   assert nag_optax.stop_reason(state) == nag_optax.StopReason.RTOL
   np.testing.assert_allclose(np.asarray(xs[-1]), np.zeros(3), atol=1e-8)
@@ -411,3 +413,21 @@ def test_auto_in_float32_is_the_nesterov_method():
   }
   chex.assert_trees_all_equal_structs(runs["auto"][1], runs["nesterov"][1])
   np.testing.assert_array_equal(np.asarray(runs["auto"][0]), np.asarray(runs["nesterov"][0]))
+
+
+@pytest.mark.parametrize("float64", [False, True])
+def test_auto_with_a_nan_loss_and_a_finite_gradient(float64):
+  # NaN past x = 1 on the way to the minimum at 3, with a finite gradient there (the where's
+  # other branch). The Nesterov method (float32) leaves the NaN steps to the guard, which skips
+  # them and stops with NONFINITE, as before; the spectral steps (float64) reject them and stay
+  # on the finite side. Either way no NaN reaches the params.
+  def loss(x):
+    value = jnp.sum((x - 3.0) ** 2)
+    return jnp.where(x[0] > 1.0, jnp.nan, value)
+
+  with enable_x64(float64):
+    sol = nag_optax.minimize(loss, jnp.zeros(2), nag_optax.auto_nag(gtol=1e-8), max_steps=1000)
+    chex.assert_tree_all_finite(sol.params)
+    assert float(sol.params[0]) <= 1.0 and np.isfinite(float(sol.value))
+    if not float64:
+      assert sol.stop_reason == nag_optax.StopReason.NONFINITE

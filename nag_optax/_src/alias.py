@@ -121,6 +121,10 @@ def auto_nag(
     rounding of the iterates by up to the condition number, so in float32 it stalls on
     ill-conditioned problems (see :func:`scale_by_spectral`).
 
+  Non-finite gradients or losses: the spectral steps back out of a trial point where they are
+  not finite (the guard passes them on, ``pass_nonfinite``); the Nesterov method's steps there
+  are skipped by the guard, which stops after ``max_nonfinite`` in a row.
+
   Measured (benchmarks/RESULTS.md, float64): on the quadratic suite the spectral phase needs at
   most 1.53x the first-order lower bound with ``value`` and 1.62x gradient-only, where the
   Nesterov method needs up to 2.14x (and the best fixed Nesterov step and momentum, knowing L and
@@ -232,11 +236,13 @@ def auto_nag(
         spectral.spectral_then_nesterov(
           spectral.scale_by_spectral(initial_step), curvature, accelerated
         ),
-        inner,
+        spectral.skip_nonfinite(inner),
       )
   return stopping.stop_when(
     inner,
-    pass_nonfinite=method == "spectral",
+    # The spectral steps back out of a non-finite trial point; the Nesterov method's steps are
+    # skipped there by the guard, as before (see spectral.skip_nonfinite).
+    pass_nonfinite=method != "nesterov",
     gtol=gtol,
     rtol=rtol,
     ftol=ftol,
