@@ -1,5 +1,6 @@
 """Optimizers built as chains of the package's blocks."""
 
+import functools
 from typing import Literal, Optional, Union
 
 import jax
@@ -220,32 +221,13 @@ def auto_nag(
       accumulator_dtype=(accumulator_dtype, None),
     )
     for name, (given, default) in nesterov_only.items():
-      if given is not default and given != default:
+      if given != default:
         raise ValueError(
           f"auto_nag(method='spectral') has no {name} (it belongs to method='nesterov'); "
           f"got {name}={given!r}."
         )
-    inner = spectral.scale_by_spectral(initial_step)
-  else:
-    curvature = step_size.scale_by_curvature(
-      initial_step, safety=safety, decay=decay, estimate=estimate
-    )
-    accelerated = momentum_lib.nesterov(
-      schedule=schedule, restart=restart, accumulator_dtype=accumulator_dtype
-    )
-    inner = optax.chain(curvature, accelerated)
-    if method == "auto":
-      inner = _by_precision(
-        spectral.spectral_then_nesterov(
-          spectral.scale_by_spectral(initial_step), curvature, accelerated
-        ),
-        spectral.skip_nonfinite(inner),
-      )
-  return stopping.stop_when(
-    inner,
-    # The spectral steps back out of a non-finite trial point; the Nesterov method's steps are
-    # skipped there by the guard, as before (see spectral.skip_nonfinite).
-    pass_nonfinite=method != "nesterov",
+  stop = functools.partial(
+    stopping.stop_when,
     gtol=gtol,
     rtol=rtol,
     ftol=ftol,
@@ -255,13 +237,35 @@ def auto_nag(
     min_learning_rate=min_learning_rate,
     max_nonfinite=max_nonfinite,
   )
+  if method == "spectral":
+    # The spectral steps back out of a non-finite trial point, so the guard passes it on.
+    return stop(spectral.scale_by_spectral(initial_step), pass_nonfinite=True)
+  curvature = step_size.scale_by_curvature(
+    initial_step, safety=safety, decay=decay, estimate=estimate
+  )
+  accelerated = momentum_lib.nesterov(
+    schedule=schedule, restart=restart, accumulator_dtype=accumulator_dtype
+  )
+  nesterov = stop(optax.chain(curvature, accelerated))
+  if method == "nesterov":
+    return nesterov
+  return _by_precision(
+    stop(
+      spectral.spectral_then_nesterov(
+        spectral.scale_by_spectral(initial_step), curvature, accelerated
+      ),
+      pass_nonfinite=True,
+    ),
+    nesterov,
+  )
 
 
 def _by_precision(
   float64: optax.GradientTransformationExtraArgs, lower: optax.GradientTransformationExtraArgs
 ) -> optax.GradientTransformationExtraArgs:
   """``float64`` where the params hold float64 leaves, else ``lower`` (decided from the params'
-  dtypes, at init and at every update alike)."""
+  dtypes, at init and at every update alike; each is a whole optimizer, stopping signal
+  included, so the float32 path is exactly ``method="nesterov"``)."""
 
   def pick(params):
     high = numerics.scalar_dtype(validation.as_arrays(params)) == jnp.float64

@@ -331,7 +331,6 @@ def spectral_then_nesterov(
     if params is None:
       raise ValueError("auto_nag needs params (the point where the gradient was taken).")
     cast = lambda tree: jax.tree.map(lambda u, g: u.astype(g.dtype), tree, updates)
-    inputs_finite = _inputs_finite(updates, extra_args.get("value"))
 
     def nesterov_phase(state: SpectralThenNesterovState):
       shared = state.spectral
@@ -356,8 +355,15 @@ def spectral_then_nesterov(
         ref_grad=curvature_state.prev_grad,
       )
       # The Nesterov phase leaves a non-finite gradient or value to stop_when's guard, as the
-      # Nesterov method alone does: a NaN update, which the guard skips with the state kept.
-      new_updates = _nan_unless(inputs_finite, new_updates)
+      # Nesterov method alone does: a NaN update, which the guard skips with the state kept. A
+      # non-finite gradient makes the update non-finite by itself; a non-finite value (which
+      # the update does not read) is made to.
+      value = extra_args.get("value")
+      if value is not None:
+        finite = jnp.all(jnp.isfinite(jnp.asarray(value)))
+        new_updates = jax.tree.map(
+          lambda u: jnp.where(finite, u, jnp.full_like(u, jnp.nan)), new_updates
+        )
       return cast(new_updates), SpectralThenNesterovState(
         switched=jnp.ones((), bool),
         spectral=shared,
@@ -381,30 +387,6 @@ def spectral_then_nesterov(
     return jax.lax.cond(state.switched, nesterov_phase, spectral_phase, state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def _inputs_finite(grad, value) -> jax.Array:
-  finite = numerics.all_finite(grad)
-  if value is not None:
-    finite &= jnp.all(jnp.isfinite(jnp.asarray(value)))
-  return finite
-
-
-def _nan_unless(finite, tree):
-  return jax.tree.map(lambda u: jnp.where(finite, u, jnp.full_like(u, jnp.nan)), tree)
-
-
-def skip_nonfinite(
-  inner: optax.GradientTransformationExtraArgs,
-) -> optax.GradientTransformationExtraArgs:
-  """``inner`` whose update is NaN wherever its gradient or ``value`` is not finite, so that a
-  :func:`stop_when` with ``pass_nonfinite=True`` still skips those steps for it."""
-
-  def update_fn(updates, state, params=None, **extra_args):
-    new_updates, new_state = inner.update(updates, state, params, **extra_args)
-    return _nan_unless(_inputs_finite(updates, extra_args.get("value")), new_updates), new_state
-
-  return optax.GradientTransformationExtraArgs(inner.init, update_fn)
 
 
 def _scalars(state: step_size.ScaleByCurvatureState) -> _CurvatureScalars:
