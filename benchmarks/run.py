@@ -17,6 +17,7 @@ import jax
 SUITES = {
   "quadratic": "benchmarks.quadratic",
   "logistic": "benchmarks.logistic",
+  "fullbatch": "benchmarks.fullbatch",
   "step_cost": "benchmarks.step_cost",
   "workloads": "benchmarks.workloads",
 }
