@@ -399,9 +399,7 @@ def run(mode: str, progress) -> report.SuiteResult:
   for p in results:
     by = {r.method: r for r in p.runs}
     a, g, l = by[MINIMIZE_NAME], by[METHODS[0].name], by[LBFGS_NAME]
-    small = " | ".join(
-      with_evals(by[f"optax.lbfgs(memory_size={m})"]) for m in LBFGS_SMALL_MEMORY
-    )
+    small = " | ".join(with_evals(by[f"optax.lbfgs(memory_size={m})"]) for m in LBFGS_SMALL_MEMORY)
     ratio_lines.append(
       f"| {p.label} | {cell(a)} | {cell(g)} | {cell(l)} | {ratio(a, l)} | {ratio(g, l)} | "
       f"{small} | {p.info['kappa_at_solution']:,.0f} | {p.info['lower_bound_at_solution']:,} |"
