@@ -93,6 +93,8 @@ def problems(mode: str) -> list:
   yw = jnp.asarray(wine_y, jnp.float64)
   yd = jnp.asarray((diab_y - diab_y.mean()) / diab_y.std())
   onehot_w = jnp.asarray(np.eye(3)[wine_y])
+  xb, onehot_b = jnp.asarray(_standardised(bc_x)), jnp.asarray(np.eye(2)[bc_y])
+  xg, onehot_g = jnp.asarray(_standardised(dig_x)), jnp.asarray(np.eye(10)[dig_y])
   rng = np.random.default_rng(0)
   a = rng.standard_normal((200, 50))
   counts = jnp.asarray(rng.poisson(np.exp(0.1 * a @ rng.standard_normal(50))), jnp.float64)
@@ -158,15 +160,7 @@ def problems(mode: str) -> list:
       "softplus MLP 31-32-2, breast_cancer (lambda 1e-4)",
       "MLP bc",
       False,
-      *_mlp(
-        jnp.asarray(_standardised(bc_x)),
-        jnp.asarray(np.eye(2)[bc_y]),
-        32,
-        1,
-        jax.nn.softplus,
-        1e-4,
-        0,
-      ),
+      *_mlp(xb, onehot_b, 32, 1, jax.nn.softplus, 1e-4, 0),
     ),
     Problem(
       "tanh MLP 14-16-16-3, wine (lambda 1e-4)",
@@ -178,15 +172,7 @@ def problems(mode: str) -> list:
       "GELU MLP 65-32-10, digits (lambda 1e-3)",
       "MLP digits",
       False,
-      *_mlp(
-        jnp.asarray(_standardised(dig_x)),
-        jnp.asarray(np.eye(10)[dig_y]),
-        32,
-        1,
-        jax.nn.gelu,
-        1e-3,
-        0,
-      ),
+      *_mlp(xg, onehot_g, 32, 1, jax.nn.gelu, 1e-3, 0),
     ),
     Problem(
       "Rosenbrock, 10-D from 0",
@@ -226,15 +212,8 @@ METHODS = (
   methods.Method(
     NESTEROV_GRAD, **_gradient_path(lambda: nag_optax.auto_nag(method="nesterov", rtol=None))
   ),
-  methods.Method(
-    "optax.lbfgs()", lambda d, lr: optax.lbfgs(), needs="f values", value_from_linesearch=True
-  ),
-  methods.Method(
-    "optax.lbfgs(memory_size=1)",
-    lambda d, lr: optax.lbfgs(memory_size=1),
-    needs="f values",
-    value_from_linesearch=True,
-  ),
+  methods.lbfgs(),
+  methods.lbfgs(memory_size=1),
 )
 
 

@@ -39,7 +39,7 @@ SGD_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
 ADAM_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
 
 MINIMIZE_NAME = "nag_optax.minimize(auto_nag(rtol=1e-6))"
-LBFGS_NAME = "optax.lbfgs()"
+LBFGS_NAME = methods.lbfgs().name
 LBFGS_SMALL_MEMORY = (1, 3)
 
 
@@ -264,21 +264,11 @@ METHODS = (
     pass_extra_args=False,
   ),
   *methods.tuned_baselines(SGD_GRID, ADAM_GRID),
-  methods.Method(
-    LBFGS_NAME, lambda d, lr: optax.lbfgs(), needs="f values", value_from_linesearch=True
-  ),
+  methods.lbfgs(),
   # L-BFGS with the memory of a first-order method: one curvature pair (x, g, s, y: four
   # parameter-sized buffers, the state budget of the full-batch issue) and three pairs. They
   # show what the "1.5x optax.lbfgs()" goal asks of few buffers.
-  *(
-    methods.Method(
-      f"optax.lbfgs(memory_size={m})",
-      lambda d, lr, m=m: optax.lbfgs(memory_size=m),
-      needs="f values",
-      value_from_linesearch=True,
-    )
-    for m in LBFGS_SMALL_MEMORY
-  ),
+  *(methods.lbfgs(memory_size=m) for m in LBFGS_SMALL_MEMORY),
   methods.Method(
     "sgd(1) + scale_by_backtracking_linesearch", needs="f values", solve=_backtracking_solver
   ),
@@ -399,7 +389,7 @@ def run(mode: str, progress) -> report.SuiteResult:
   for p in results:
     by = {r.method: r for r in p.runs}
     a, g, l = by[MINIMIZE_NAME], by[METHODS[0].name], by[LBFGS_NAME]
-    small = " | ".join(with_evals(by[f"optax.lbfgs(memory_size={m})"]) for m in LBFGS_SMALL_MEMORY)
+    small = " | ".join(with_evals(by[methods.lbfgs(m).name]) for m in LBFGS_SMALL_MEMORY)
     ratio_lines.append(
       f"| {p.label} | {cell(a)} | {cell(g)} | {cell(l)} | {ratio(a, l)} | {ratio(g, l)} | "
       f"{small} | {p.info['kappa_at_solution']:,.0f} | {p.info['lower_bound_at_solution']:,} |"

@@ -52,6 +52,22 @@ class Method:
     return self.requires is None or hasattr(nag_optax, self.requires)
 
 
+def lbfgs(memory_size: Optional[int] = None) -> Method:
+  """``optax.lbfgs()`` (its default 10 curvature pairs) or ``optax.lbfgs(memory_size=m)``, run
+  the way it is meant to (value and gradient from its zoom line search's state), for the
+  run-to-target suites."""
+  if memory_size is None:
+    return Method(
+      "optax.lbfgs()", lambda _, lr: optax.lbfgs(), needs="f values", value_from_linesearch=True
+    )
+  return Method(
+    f"optax.lbfgs(memory_size={memory_size})",
+    lambda _, lr: optax.lbfgs(memory_size=memory_size),
+    needs="f values",
+    value_from_linesearch=True,
+  )
+
+
 def tuned_baselines(sgd_grid: Sequence[float], adam_grid: Sequence[float]) -> list:
   """The tuned full-batch baselines both convex suites run: sgd-nesterov and adam, each the best
   lane of its learning-rate grid."""

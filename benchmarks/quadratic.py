@@ -71,9 +71,7 @@ METHODS = (
     needs="L",
   ),
   *methods.tuned_baselines(SGD_GRID, ADAM_GRID),
-  methods.Method(
-    "optax.lbfgs()", lambda p, lr: optax.lbfgs(), needs="f values", value_from_linesearch=True
-  ),
+  methods.lbfgs(),
   methods.Method(
     "optax.polyak_sgd, f* = 0",
     lambda p, lr: optax.polyak_sgd(f_min=0.0),
