@@ -15,7 +15,10 @@ The rules (MLCommons AlgoPerf, as used by the ``workloads`` suite):
 """
 
 import math
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Iterable
+from typing import Mapping
+from typing import Optional
+from typing import Sequence
 
 import numpy as np
 

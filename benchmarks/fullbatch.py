@@ -22,7 +22,8 @@ quartic.
 
 import math
 import time
-from typing import Callable, NamedTuple
+from typing import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -208,6 +208,7 @@ def find_device(name: str):
 
 def run_suite(out: str) -> None:
   from tqdm import tqdm
+
   from benchmarks import report
   from benchmarks import step_cost
 

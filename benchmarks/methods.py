@@ -9,14 +9,17 @@ compiled call when it has one, and keeps the best lane.
 
 import dataclasses
 import math
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
+from typing import Callable
+from typing import Optional
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 import nag_optax
-import optax
 from benchmarks import loop
 from benchmarks import report
 

@@ -4,7 +4,9 @@ import dataclasses
 import json
 import math
 import os
-from typing import Any, Callable, Optional
+from typing import Any
+from typing import Callable
+from typing import Optional
 
 import matplotlib
 

@@ -129,6 +129,7 @@ def main(argv=None) -> None:
   jax.config.update("jax_enable_x64", True)
   # Imported after x64 is on, so module-level arrays get float64.
   from tqdm import tqdm
+
   from benchmarks import report
 
   start = time.perf_counter()

@@ -15,7 +15,8 @@ import hashlib
 import math
 import os
 import sysconfig
-from typing import Callable, Optional
+from typing import Callable
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -55,7 +56,8 @@ def load_mnist1d_splits(num_samples: int = MNIST1D_SAMPLES):
   ``num_samples`` (default 8000, the package's default is 5000) are split 80/20 by the package
   into train and test; the last ``MNIST1D_VALIDATION`` of its train part are the validation split.
   """
-  from mnist1d.data import get_dataset_args, make_dataset
+  from mnist1d.data import get_dataset_args
+  from mnist1d.data import make_dataset
 
   args = get_dataset_args()
   args.num_samples = num_samples

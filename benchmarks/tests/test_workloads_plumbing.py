@@ -144,6 +144,7 @@ def test_trainer_smoke(name):
   import jax
   import jax.numpy as jnp
   import optax
+
   import nag_optax
   from benchmarks import workloads_core as core
 
@@ -174,8 +175,8 @@ def test_trainer_smoke(name):
 
 
 def test_suite_lists_the_nag_optax_optimizers():
-  from benchmarks import workloads
   import nag_optax
+  from benchmarks import workloads
 
   names = list(workloads.nag_factories())
   assert workloads.AUTO_SGD in names and workloads.V01 in names
@@ -285,6 +286,7 @@ def test_trainer_evaluates_an_iterate_average_by_default():
   import jax
   import jax.numpy as jnp
   import optax
+
   import nag_optax
   from benchmarks import workloads_core as core
 

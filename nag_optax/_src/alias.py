@@ -1,16 +1,18 @@
 """Optimizers built as chains of the package's blocks."""
 
 import functools
-from typing import Literal, Optional, Union
+from typing import Literal
+from typing import Optional
+from typing import Union
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from nag_optax._src import averaging
+from nag_optax._src import hypergradient
 from nag_optax._src import momentum as momentum_lib
 from nag_optax._src import numerics
-from nag_optax._src import hypergradient
 from nag_optax._src import spectral
 from nag_optax._src import step_size
 from nag_optax._src import stopping

@@ -1,6 +1,8 @@
 """Iterate averaging around any transformation: the polynomial-decay average of the params."""
 
-from typing import Any, NamedTuple, Optional
+from typing import Any
+from typing import NamedTuple
+from typing import Optional
 
 import jax
 import jax.numpy as jnp

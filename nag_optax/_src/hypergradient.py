@@ -7,7 +7,9 @@ steps. :func:`scale_by_distance` estimates the distance to a solution from the w
 """
 
 import math
-from typing import Any, NamedTuple, Optional
+from typing import Any
+from typing import NamedTuple
+from typing import Optional
 
 import jax
 import jax.numpy as jnp

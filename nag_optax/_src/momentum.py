@@ -1,7 +1,10 @@
 """Lookahead (Nesterov) momentum: constant, convex, strongly convex and adaptive schedules."""
 
 import math
-from typing import Any, Literal, NamedTuple, Optional
+from typing import Any
+from typing import Literal
+from typing import NamedTuple
+from typing import Optional
 
 import jax
 import jax.numpy as jnp

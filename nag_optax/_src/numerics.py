@@ -9,7 +9,8 @@ updates keep the dtype of the incoming updates, and every reduction through
 
 import functools
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any
 
 import jax

@@ -2,7 +2,10 @@
 
 import functools
 import warnings
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any
+from typing import Callable
+from typing import NamedTuple
+from typing import Optional
 
 import jax
 import jax.core

@@ -5,7 +5,9 @@ left again by the next update, which returns to the last accepted point.
 """
 
 import typing
-from typing import Any, NamedTuple, Optional
+from typing import Any
+from typing import NamedTuple
+from typing import Optional
 
 import jax
 import jax.core
@@ -15,7 +17,6 @@ import optax
 from nag_optax._src import numerics
 from nag_optax._src import step_size
 from nag_optax._src import validation
-
 
 # A rejected trial's step is cut to the minimiser of the quadratic that the two directional
 # derivatives along it imply, kept within [0.1, 0.5] of the rejected step (the safeguard of

@@ -3,7 +3,10 @@
 Each transformation emits ``u = -step * g`` and goes *before* :func:`nesterov` in a chain.
 """
 
-from typing import Any, Literal, NamedTuple, Optional
+from typing import Any
+from typing import Literal
+from typing import NamedTuple
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +14,6 @@ import optax
 
 from nag_optax._src import numerics
 from nag_optax._src import validation
-
 
 ESTIMATES = ("secant", "cocoercive")
 

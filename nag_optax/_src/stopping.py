@@ -3,7 +3,9 @@ non-finite guard; ``should_stop`` / ``stop_reason`` read it from any state tree.
 
 import enum
 import warnings
-from typing import Any, NamedTuple, Optional
+from typing import Any
+from typing import NamedTuple
+from typing import Optional
 
 import jax
 import jax.core
@@ -13,7 +15,6 @@ import optax
 
 from nag_optax._src import numerics
 from nag_optax._src import validation
-
 
 # The default relative gradient tolerance of the full-batch solvers (``auto_nag`` and
 # ``minimize``): stop at ``||g|| <= DEFAULT_RTOL ||g_0||``.

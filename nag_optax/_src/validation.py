@@ -5,13 +5,14 @@ are checked only when they are concrete numbers: under ``optax.inject_hyperparam
 ``jax.jit`` they arrive as tracers and are left alone.
 """
 
-from typing import Any, Iterable, Optional
+from typing import Any
+from typing import Iterable
+from typing import Optional
 
 import jax
 import jax.core
 import jax.numpy as jnp
 import numpy as np
-
 
 INT32_MAX = 2**31 - 1
 
