@@ -85,7 +85,9 @@ def _check_public_api(app, env):
   """An error when a name in ``nag_optax.__all__`` has no entry in the API reference."""
   del app
   documented = set(env.get_domain("py").objects)
-  missing = [name for name in nag_optax.__all__ if f"nag_optax.{name}" not in documented]
+  public = [f"nag_optax.{name}" for name in nag_optax.__all__]
+  public += [f"nag_optax.contrib.{name}" for name in nag_optax.contrib.__all__]
+  missing = [name for name in public if name not in documented]
   if missing:
     _LOGGER.error(
       "public names missing from the API reference (docs/api.md): %s",

@@ -294,3 +294,8 @@ def test_validation_patience_ignores_nan_and_missing_validation_loss():
     with pytest.warns(UserWarning, match="validation_patience=2 never fires without the `vali"):
       _, state = tx.update(jnp.ones(2), state, params)
   assert not bool(nag_optax.should_stop(state))
+
+
+def test_stop_when_pass_nonfinite_must_be_a_bool():
+  with pytest.raises(TypeError, match="pass_nonfinite"):
+    nag_optax.stop_when(nag_optax.scale_by_spectral(), pass_nonfinite="yes")

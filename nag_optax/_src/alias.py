@@ -6,13 +6,13 @@ from typing import Optional
 from typing import Union
 
 import jax
-import jax.numpy as jnp
 import optax
 
+from nag_optax._src import annealing
 from nag_optax._src import averaging
-from nag_optax._src import hypergradient
+from nag_optax._src import distance
+from nag_optax._src import hybrid
 from nag_optax._src import momentum as momentum_lib
-from nag_optax._src import numerics
 from nag_optax._src import spectral
 from nag_optax._src import step_size
 from nag_optax._src import stopping
@@ -254,35 +254,15 @@ def auto_nag(
   nesterov = stop(optax.chain(curvature, accelerated))
   if method == "nesterov":
     return nesterov
-  return _by_precision(
+  return hybrid.by_precision(
     stop(
-      spectral.spectral_then_nesterov(
+      hybrid.spectral_then_nesterov(
         spectral.scale_by_spectral(initial_step), curvature, accelerated
       ),
       pass_nonfinite=True,
     ),
     nesterov,
   )
-
-
-def _by_precision(
-  float64: optax.GradientTransformationExtraArgs, lower: optax.GradientTransformationExtraArgs
-) -> optax.GradientTransformationExtraArgs:
-  """``float64`` where the params hold float64 leaves, else ``lower`` (decided from the params'
-  dtypes, at init and at every update alike; each is a whole optimizer, stopping signal
-  included, so the float32 path is exactly ``method="nesterov"``)."""
-
-  def pick(params):
-    high = numerics.scalar_dtype(validation.as_arrays(params)) == jnp.float64
-    return float64 if high else lower
-
-  def init_fn(params):
-    return pick(params).init(params)
-
-  def update_fn(updates, state, params=None, **extra_args):
-    return pick(updates if params is None else params).update(updates, state, params, **extra_args)
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 # Both annealings stop at 3% of the distance-based rate: with a tenth, the normalised steps of
@@ -297,7 +277,7 @@ ANNEALING_FLOOR = 0.03
 # started to fall (the mean of a 25-update window 10% below the first one's): fed from the start,
 # it cut the step to its floor while a GRU sat at its chance-level loss, and the run never
 # learned (benchmarks/heldout.py). Built once; a transformation is immutable.
-DEFAULT_PLATEAU = hypergradient.anneal_after_progress(
+DEFAULT_PLATEAU = annealing.anneal_after_progress(
   optax.contrib.reduce_on_plateau(
     factor=0.5, patience=3, accumulation_size=25, min_scale=ANNEALING_FLOOR
   )
@@ -309,7 +289,7 @@ DEFAULT_PLATEAU = hypergradient.anneal_after_progress(
 # the loss has started to fall (as above). Its
 # iterate average does the settling a decayed schedule does at the end of a run, so the step is
 # only halved on long plateaus.
-AVERAGED_PLATEAU = hypergradient.anneal_after_progress(
+AVERAGED_PLATEAU = annealing.anneal_after_progress(
   optax.contrib.reduce_on_plateau(
     factor=0.5, patience=10, accumulation_size=25, min_scale=ANNEALING_FLOOR
   )
@@ -400,7 +380,7 @@ def auto_nag_sgd(
   """
   validation.check_range("momentum", momentum, low=0.0, high=1.0, high_inclusive=False)
   inner = optax.chain(
-    hypergradient.scale_by_distance(
+    distance.scale_by_distance(
       learning_rate, step_scale=1.0 - momentum, max_relative_step=max_relative_step, plateau=plateau
     ),
     momentum_lib.nesterov(momentum, accumulator_dtype=accumulator_dtype),
@@ -536,7 +516,7 @@ def auto_nadamw(
   direction = optax.chain(
     optax.scale_by_adam(b1, b2, eps, nesterov=True), optax.add_decayed_weights(weight_decay)
   )
-  inner = hypergradient.scale_by_distance(
+  inner = distance.scale_by_distance(
     learning_rate,
     direction=direction,
     max_relative_step=max_relative_step,

@@ -4,7 +4,6 @@ A complete step rule, not a step size to put before :func:`nesterov`: a rejected
 left again by the next update, which returns to the last accepted point.
 """
 
-import typing
 from typing import Any
 from typing import NamedTuple
 from typing import Optional
@@ -14,8 +13,8 @@ import jax.core
 import jax.numpy as jnp
 import optax
 
+from nag_optax._src import linesearch
 from nag_optax._src import numerics
-from nag_optax._src import step_size
 from nag_optax._src import validation
 
 # A rejected trial's step is cut to the minimiser of the quadratic that the two directional
@@ -145,7 +144,7 @@ def scale_by_spectral(
     <https://doi.org/10.3934/jimo.2008.4.299>`_, J. Ind. Manag. Optim. 2008.
   """
   validation.check_range(
-    "initial_step", initial_step if initial_step is not None else 1.0, low=0.0, low_inclusive=False
+    "initial_step", initial_step, low=0.0, low_inclusive=False, allow_none=True
   )
   validation.check_range("tau", tau, low=0.0, high=1.0, low_inclusive=False, high_inclusive=False)
   for name, size in (("memory", memory), ("window", window)):
@@ -186,13 +185,12 @@ def scale_by_spectral(
   def update_fn(updates, state, params=None, *, value=None, value_fn=None, **extra_args):
     updates, params = validation.updates_and_params(updates, params)
     del extra_args
-    if params is None:
-      raise ValueError("scale_by_spectral needs params (the point where the gradient was taken).")
+    validation.require_params(params, "scale_by_spectral", "the point of the gradient")
     dtype = state.learning_rate.dtype
     first = state.count == 0
     grad = jax.tree.map(lambda g, p: g.astype(p.dtype), updates, params)
-    d = jax.tree.map(lambda p, r: p - r, params, state.ref_params)
-    y = jax.tree.map(lambda g, r: g - r, grad, state.ref_grad)
+    d = optax.tree.sub(params, state.ref_params)
+    y = optax.tree.sub(grad, state.ref_grad)
     # One pass over the buffers for every inner product the decision needs.
     slope0, slope1, ss, sy, yy = numerics.sums(
       lambda d, gr, g, y: (gr * d, g * d, d * d, d * y, y * y),
@@ -237,12 +235,12 @@ def scale_by_spectral(
     rejected_step = jnp.clip(cut, MIN_CUT, MAX_CUT) * state.learning_rate
 
     accept = accept | first
-    first_step = step_size._initial_step(initial_step, params, grad, dtype)
+    first_step = linesearch.initial_step(initial_step, params, grad, dtype)
     evals = jnp.zeros((), jnp.int32)
     if value is not None and value_fn is not None:
       # The first step is checked by backtracking (function values only), so a wild
       # initial_step costs a few evaluations once instead of a rejected update per halving.
-      first_step, _, evals = step_size._backtrack(
+      first_step, _, evals = linesearch.backtrack(
         value_fn,
         params,
         grad,
@@ -282,119 +280,3 @@ def scale_by_spectral(
     return new_updates, new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-class _CurvatureScalars(NamedTuple):
-  """:class:`ScaleByCurvatureState` without its two buffers (and with its step renamed, so that
-  ``optax.tree.get(state, "learning_rate")`` finds one value)."""
-
-  count: jax.Array
-  step: jax.Array
-  curvature: jax.Array
-  peak_curvature: jax.Array
-  evals: jax.Array
-
-
-class SpectralThenNesterovState(NamedTuple):
-  """State of ``auto_nag()``'s float64 method: spectral steps, then the Nesterov method."""
-
-  switched: jax.Array  #: bool: an accepted pair curved down (<s, y> < 0); Nesterov runs.
-  #: The spectral state; its ``ref_params`` / ``ref_grad`` are also the Nesterov phase's
-  #: previous point and gradient, and its ``learning_rate`` is the step in use in either phase.
-  spectral: ScaleBySpectralState
-  curvature: _CurvatureScalars  #: :func:`scale_by_curvature`'s scalars (Nesterov phase).
-  nesterov: Any  #: :func:`nesterov`'s state (its momentum buffer is the third buffer).
-
-
-def spectral_then_nesterov(
-  spectral: optax.GradientTransformationExtraArgs,
-  curvature: optax.GradientTransformationExtraArgs,
-  nesterov: optax.GradientTransformationExtraArgs,
-) -> optax.GradientTransformationExtraArgs:
-  """``spectral`` (a :func:`scale_by_spectral`) until an accepted pair shows negative curvature
-  (``<s, y> < 0``), then ``chain(curvature, nesterov)`` (a :func:`scale_by_curvature` and a
-  :func:`nesterov`) from that point on, started afresh there. The two phases share the point and
-  gradient buffers, so the state holds three parameter-sized buffers, not five. Under
-  ``stop_when(pass_nonfinite=True)`` the spectral phase backs out of non-finite trial points and
-  the Nesterov phase leaves them to the guard (a NaN update, skipped)."""
-
-  def init_fn(params):
-    params = validation.as_arrays(params)
-    return SpectralThenNesterovState(
-      switched=jnp.zeros((), bool),
-      spectral=typing.cast(ScaleBySpectralState, spectral.init(params)),
-      curvature=_scalars(typing.cast(step_size.ScaleByCurvatureState, curvature.init(params))),
-      nesterov=nesterov.init(params),
-    )
-
-  def update_fn(updates, state, params=None, **extra_args):
-    updates, params = validation.updates_and_params(updates, params)
-    if params is None:
-      raise ValueError("auto_nag needs params (the point where the gradient was taken).")
-    cast = lambda tree: jax.tree.map(lambda u, g: u.astype(g.dtype), tree, updates)
-
-    def nesterov_phase(state: SpectralThenNesterovState):
-      shared = state.spectral
-      curvature_state = step_size.ScaleByCurvatureState(
-        count=state.curvature.count,
-        learning_rate=state.curvature.step,
-        curvature=state.curvature.curvature,
-        peak_curvature=state.curvature.peak_curvature,
-        function_evals=state.curvature.evals,
-        prev_params=shared.ref_params,
-        prev_grad=shared.ref_grad,
-      )
-      # chain(curvature, nesterov), written out so that the states keep their types.
-      steps, curvature_state = curvature.update(updates, curvature_state, params, **extra_args)
-      curvature_state = typing.cast(step_size.ScaleByCurvatureState, curvature_state)
-      new_updates, nesterov_state = nesterov.update(steps, state.nesterov, params, **extra_args)
-      evals = curvature_state.function_evals - state.curvature.evals
-      shared = shared._replace(
-        learning_rate=curvature_state.learning_rate.astype(shared.learning_rate.dtype),
-        function_evals=shared.function_evals + evals,
-        ref_params=curvature_state.prev_params,
-        ref_grad=curvature_state.prev_grad,
-      )
-      # The Nesterov phase leaves a non-finite gradient or value to stop_when's guard, as the
-      # Nesterov method alone does: a NaN update, which the guard skips with the state kept. A
-      # non-finite gradient makes the update non-finite by itself; a non-finite value (which
-      # the update does not read) is made to.
-      value = extra_args.get("value")
-      if value is not None:
-        finite = jnp.all(jnp.isfinite(jnp.asarray(value)))
-        new_updates = jax.tree.map(
-          lambda u: jnp.where(finite, u, jnp.full_like(u, jnp.nan)), new_updates
-        )
-      return cast(new_updates), SpectralThenNesterovState(
-        switched=jnp.ones((), bool),
-        spectral=shared,
-        curvature=_scalars(curvature_state),
-        nesterov=nesterov_state,
-      )
-
-    def spectral_phase(state: SpectralThenNesterovState):
-      new_updates, spectral_state = spectral.update(updates, state.spectral, params, **extra_args)
-      spectral_state = typing.cast(ScaleBySpectralState, spectral_state)
-      accepted = (spectral_state.rejections == state.spectral.rejections) & (
-        state.spectral.count > 0
-      )
-      curves_down = accepted & (spectral_state.pair_curvature < 0)
-      stay = (cast(new_updates), state._replace(spectral=spectral_state))
-      # At the switch the Nesterov phase starts from this (accepted) point, its state still as
-      # initialised; the spectral state's counters carry on.
-      switch = lambda _: nesterov_phase(state._replace(spectral=spectral_state))
-      return jax.lax.cond(curves_down, switch, lambda _: stay, None)
-
-    return jax.lax.cond(state.switched, nesterov_phase, spectral_phase, state)
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def _scalars(state: step_size.ScaleByCurvatureState) -> _CurvatureScalars:
-  return _CurvatureScalars(
-    count=state.count,
-    step=state.learning_rate,
-    curvature=state.curvature,
-    peak_curvature=state.peak_curvature,
-    evals=state.function_evals,
-  )

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from nag_optax._src import linesearch
 from nag_optax._src import numerics
 from nag_optax._src import validation
 
@@ -40,8 +41,8 @@ def _secant_curvature(params, prev_params, grad, prev_grad, dtype, estimate="sec
   back to the secant, as where that quotient is not finite. 0 where the points coincide or the
   secant is not finite.
   """
-  dy = jax.tree.map(lambda a, b: a - b, params, prev_params)
-  dg = jax.tree.map(lambda a, b: a - b, grad, prev_grad)
+  dy = optax.tree.sub(params, prev_params)
+  dg = optax.tree.sub(grad, prev_grad)
   ds = numerics.norm(dy, dtype)
   dgn = numerics.norm(dg, dtype)
   est = numerics.safe_div(dgn, ds)
@@ -49,17 +50,6 @@ def _secant_curvature(params, prev_params, grad, prev_grad, dtype, estimate="sec
     # 0 (so the secant stands) where <dg, dy> <= 0 or the quotient is not finite.
     est = jnp.maximum(est, numerics.safe_div(jnp.square(dgn), numerics.vdot(dg, dy, dtype)))
   return est
-
-
-def _initial_step(initial_step, params, grad, dtype):
-  """The first step: the user's guess, or a probe of relative length 1e-4 along -g."""
-  if initial_step is not None:
-    return jnp.asarray(initial_step, dtype)
-  gnorm = numerics.norm(grad, dtype)
-  pnorm = numerics.norm(params, dtype)
-  length = 1e-4 * jnp.maximum(pnorm, 1.0)
-  probe = numerics.safe_div(length, gnorm, default=length)
-  return probe.astype(dtype)
 
 
 def scale_by_curvature(
@@ -144,7 +134,7 @@ def scale_by_curvature(
     Barzilai & Borwein, Two-point step size gradient methods, IMA J. Numer. Anal. 1988.
   """
   validation.check_range(
-    "initial_step", initial_step if initial_step is not None else 1.0, low=0.0, low_inclusive=False
+    "initial_step", initial_step, low=0.0, low_inclusive=False, allow_none=True
   )
   validation.check_range("safety", safety, low=0.0, high=2.0, low_inclusive=False)
   validation.check_range("decay", decay, low=0.0, high=1.0, low_inclusive=False)
@@ -168,26 +158,27 @@ def scale_by_curvature(
   def update_fn(updates, state, params=None, *, value=None, value_fn=None, **extra_args):
     updates, params = validation.updates_and_params(updates, params)
     del extra_args
-    if params is None:
-      raise ValueError("scale_by_curvature needs params (the point where the gradient was taken).")
+    validation.require_params(params, "scale_by_curvature", "the point of the gradient")
     dtype = state.learning_rate.dtype
     first = state.count == 0
     secant = _secant_curvature(params, state.prev_params, updates, state.prev_grad, dtype, estimate)
     peak = jnp.maximum(state.peak_curvature, secant)
     # Forget only while the last move went downhill; after an uphill move (the new gradient
     # points back along it) undo one forgetting, up to the largest estimate seen.
-    moved = jax.tree.map(lambda a, b: a - b, params, state.prev_params)
+    moved = optax.tree.sub(params, state.prev_params)
     uphill = numerics.vdot(updates, moved, dtype) > 0
     base = jnp.where(uphill, jnp.minimum(state.curvature / decay, peak), decay * state.curvature)
     curvature = jnp.where(first, 0.0, jnp.maximum(base, secant))
     step = jnp.where(
       curvature > 0,
       numerics.safe_div(safety, curvature),
-      jnp.where(first, _initial_step(initial_step, params, updates, dtype), state.learning_rate),
+      jnp.where(
+        first, linesearch.initial_step(initial_step, params, updates, dtype), state.learning_rate
+      ),
     )
     accepted, evals = jnp.asarray(True), jnp.zeros((), jnp.int32)
     if backtrack_first_step and value is not None and value_fn is not None:
-      step, accepted, evals = _backtrack(
+      step, accepted, evals = linesearch.backtrack(
         value_fn,
         params,
         updates,
@@ -212,53 +203,6 @@ def scale_by_curvature(
     return new_updates, new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def _backtrack(
-  value_fn,
-  params,
-  grad,
-  value,
-  step,
-  *,
-  decrease_factor,
-  sufficient_decrease,
-  max_steps,
-  dtype,
-  active=True,
-):
-  """Shrink ``step`` until f(y - step g) <= f(y) - c step ||g||^2, in a bounded while_loop.
-
-  Returns ``(accepted_step, accepted, evaluations)``. A non-finite trial value is a rejection,
-  and so is one that does not lower f measurably,
-  so a loss that returns inf or NaN only shrinks the step. When no trial is accepted within
-  ``max_steps`` evaluations, ``accepted`` is False and the last (smallest) step is returned.
-  With ``active`` False nothing is evaluated and ``step`` is returned as accepted.
-  """
-  f0 = jnp.asarray(value).astype(dtype)
-  gnorm2 = jnp.square(numerics.norm(grad, dtype))
-
-  def trial_ok(eta):
-    trial = jax.tree.map(lambda p, g: p - eta.astype(p.dtype) * g.astype(p.dtype), params, grad)
-    f = jnp.asarray(value_fn(trial)).astype(dtype)
-    # False for NaN and inf. A trial that leaves f unchanged (the decrease is below the float
-    # resolution of f) is rejected too: accepting it would let the step grow without bound.
-    sufficient = f <= f0 - sufficient_decrease * eta * gnorm2
-    return sufficient & ((f < f0) | (gnorm2 == 0))
-
-  def cond(carry):
-    _, accepted, evals = carry
-    return ~accepted & (evals < max_steps)
-
-  def body(carry):
-    eta, _, evals = carry
-    ok = trial_ok(eta)
-    return jnp.where(ok, eta, eta * decrease_factor), ok, evals + 1
-
-  eta, accepted, evals = jax.lax.while_loop(
-    cond, body, (jnp.asarray(step, dtype), ~jnp.asarray(active), jnp.zeros((), jnp.int32))
-  )
-  return eta, accepted, evals
 
 
 class ScaleByBacktrackingState(NamedTuple):
@@ -330,7 +274,7 @@ def scale_by_backtracking(
     <https://doi.org/10.1007/s10107-012-0629-5>`_, 2013 (step growth after acceptance).
   """
   validation.check_range(
-    "initial_step", initial_step if initial_step is not None else 1.0, low=0.0, low_inclusive=False
+    "initial_step", initial_step, low=0.0, low_inclusive=False, allow_none=True
   )
   validation.check_range("increase_factor", increase_factor, low=1.0)
   validation.check_range(
@@ -361,22 +305,21 @@ def scale_by_backtracking(
   def update_fn(updates, state, params=None, *, value=None, value_fn=None, **extra_args):
     updates, params = validation.updates_and_params(updates, params)
     del extra_args
+    validation.require_params(params, "scale_by_backtracking", "the point of the gradient")
     dtype = state.learning_rate.dtype
-    if params is None:
-      raise ValueError("scale_by_backtracking needs params (the point of the gradient).")
     # No growth at a zero gradient: every trial would be accepted there and the step would
     # double without bound while the iterate stands still.
     grows = numerics.norm(updates, dtype) > 0
     guess = jnp.where(
       state.count > 0,
       state.learning_rate * jnp.where(grows, increase_factor, 1.0),
-      _initial_step(initial_step, params, updates, dtype),
+      linesearch.initial_step(initial_step, params, updates, dtype),
     )
     if value is None or value_fn is None:
       step = jnp.where(state.count > 0, state.learning_rate, guess)
       accepted, evals = jnp.asarray(True), jnp.zeros((), jnp.int32)
     else:
-      step, accepted, evals = _backtrack(
+      step, accepted, evals = linesearch.backtrack(
         value_fn,
         params,
         updates,

@@ -64,13 +64,17 @@ def check_range(
   high: Optional[float] = None,
   low_inclusive: bool = True,
   high_inclusive: bool = True,
+  allow_none: bool = False,
 ) -> None:
   """Raise ValueError naming ``name`` if a concrete ``value`` lies outside the range.
 
   NaN and infinities are always rejected; strings, bools and complex numbers raise TypeError.
-  Callables (schedules) and tracers are not checked.
+  Callables (schedules) and tracers are not checked; ``None`` passes where ``allow_none``.
   """
-  check_real(name, value)
+  if value is None and allow_none:
+    return
+  check_real(name, value)  # None raises here
+  assert value is not None
   if callable(value) or not is_concrete_number(value):
     return
   v = float(value)
@@ -109,16 +113,28 @@ def check_int(name: str, value: Any, *, low: int = 0, allow_none: bool = True) -
     raise ValueError(f"{name} must be at most 2**31 - 1 = {INT32_MAX}, got {value!r}.")
 
 
-def check_transformation(name: str, value: Any, *, example: str) -> None:
+def check_transformation(name: str, value: Any, *, example: str, allow_none: bool = False) -> None:
   """Raise TypeError naming ``name`` unless ``value`` has callable ``init`` and ``update`` (an
-  Optax transformation); a factory passed uncalled gets the hint to call it, as ``example``."""
+  Optax transformation); a factory passed uncalled gets the hint to call it, as ``example``.
+  ``None`` passes where ``allow_none``."""
+  if value is None and allow_none:
+    return
   if callable(getattr(value, "init", None)) and callable(getattr(value, "update", None)):
     return
   hint = f" (call the factory: e.g. {example})" if callable(value) else ""
   raise TypeError(
-    f"{name} must be an optax GradientTransformation (with init and update), got "
-    f"{type(value).__name__}{hint}."
+    f"{name} must be an optax GradientTransformation (with init and update)"
+    f"{' or None' if allow_none else ''}, got {type(value).__name__}{hint}."
   )
+
+
+def require_params(params: Any, who: str, reason: str) -> None:
+  """Raise ValueError when an update that reads ``params`` got none, saying why it needs them."""
+  if params is None:
+    raise ValueError(
+      f"{who} needs params ({reason}): call update(updates, state, params), as Optax loops and "
+      "Flax NNX's optimizer.update do."
+    )
 
 
 def check_float_dtype(name: str, value: Any) -> None:
