@@ -229,3 +229,37 @@ def test_criteria_fed_their_extra_arguments_do_not_warn():
   with warnings.catch_warnings():
     warnings.simplefilter("error")
     tx.update(params, tx.init(params), params, value=1.0, validation_loss=1.0)
+
+
+# Every argument that must be a transformation: a TypeError naming it, one wording everywhere.
+TRANSFORMATION_ARGUMENTS = {
+  "stop_when(inner)": lambda bad: nag_optax.stop_when(bad),
+  "average_iterates(inner)": lambda bad: nag_optax.average_iterates(bad),
+  "scale_by_distance(direction)": lambda bad: nag_optax.scale_by_distance(direction=bad),
+  "scale_by_distance(plateau)": lambda bad: nag_optax.scale_by_distance(plateau=bad),
+  "anneal_after_progress(plateau)": lambda bad: nag_optax.anneal_after_progress(bad),
+  "auto_nag_sgd(plateau)": lambda bad: nag_optax.auto_nag_sgd(plateau=bad),
+  "spectral_then_nesterov(curvature)": lambda bad: nag_optax.spectral_then_nesterov(
+    nag_optax.scale_by_spectral(), bad, nag_optax.nesterov()
+  ),
+  "minimize(optimizer)": lambda bad: nag_optax.minimize(jnp.sum, jnp.ones(2), bad),
+}
+
+
+@pytest.mark.parametrize("where", list(TRANSFORMATION_ARGUMENTS))
+def test_a_non_transformation_is_a_type_error_naming_the_argument(where):
+  name = where[where.index("(") + 1 : -1]
+  with pytest.raises(TypeError, match=rf"^{name} must be an optax GradientTransformation"):
+    TRANSFORMATION_ARGUMENTS[where]("adam")
+
+
+def test_every_update_that_needs_params_says_so_in_one_wording():
+  for tx in (
+    nag_optax.scale_by_curvature(),
+    nag_optax.scale_by_spectral(),
+    nag_optax.scale_by_distance(),
+    nag_optax.average_iterates(optax.sgd(0.1)),
+    nag_optax.contrib.scale_by_hypergradient(),
+  ):
+    with pytest.raises(ValueError, match=r"needs params \(.+\): call update\(updates, state"):
+      tx.update(jnp.ones(2), tx.init(jnp.ones(2)))

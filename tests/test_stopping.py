@@ -263,8 +263,11 @@ def test_bad_configuration_raises(kwargs, name):
 
 
 def test_inner_must_be_a_transformation():
-  with pytest.raises(ValueError, match="inner"):
+  # TypeError, as for every argument that must be a transformation.
+  with pytest.raises(TypeError, match="inner must be an optax GradientTransformation"):
     nag_optax.stop_when(lambda g: g, gtol=1.0)
+  with pytest.raises(TypeError, match=r"call the factory: e\.g\. nag_optax\.nag"):
+    nag_optax.stop_when(nag_optax.nag, gtol=1.0)
 
 
 def test_validation_patience_counts_updates_without_a_new_best_validation_loss():

@@ -77,8 +77,7 @@ def average_iterates(
   """
   validation.check_transformation("inner", inner, example="optax.sgd(0.1)")
   validation.check_range("power", power, low=0.0)
-  if accumulator_dtype is not None:
-    validation.check_float_dtype("accumulator_dtype", accumulator_dtype)
+  validation.check_float_dtype("accumulator_dtype", accumulator_dtype)
   inner = optax.with_extra_args_support(inner)
 
   def average_dtype(leaf):
@@ -97,11 +96,7 @@ def average_iterates(
 
   def update_fn(updates, state, params=None, **extra_args):
     updates, params = validation.updates_and_params(updates, params)
-    if params is None:
-      raise ValueError(
-        "average_iterates needs params: call update(updates, state, params) (Flax NNX's "
-        "optimizer.update and optax's usual loop pass them)."
-      )
+    validation.require_params(params, "average_iterates", "it averages params + updates")
     new_updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
     count = jnp.asarray(optax.safe_increment(state.count))
     dtype = numerics.scalar_dtype(state.averaged_params)

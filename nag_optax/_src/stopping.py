@@ -162,23 +162,18 @@ def stop_when(
   References:
     Nocedal & Wright, Numerical Optimization, 2nd ed., 2006, section 2.2 (stopping tests).
   """
-  validation.check_range("gtol", gtol if gtol is not None else 0.0, low=0.0)
-  validation.check_range(
-    "rtol", rtol if rtol is not None else 0.0, low=0.0, high=1.0, high_inclusive=False
-  )
-  validation.check_range("ftol", ftol if ftol is not None else 0.0, low=0.0)
-  validation.check_range("xtol", xtol if xtol is not None else 0.0, low=0.0)
-  validation.check_range(
-    "min_learning_rate", min_learning_rate if min_learning_rate is not None else 0.0, low=0.0
-  )
+  validation.check_range("gtol", gtol, low=0.0, allow_none=True)
+  validation.check_range("rtol", rtol, low=0.0, high=1.0, high_inclusive=False, allow_none=True)
+  validation.check_range("ftol", ftol, low=0.0, allow_none=True)
+  validation.check_range("xtol", xtol, low=0.0, allow_none=True)
+  validation.check_range("min_learning_rate", min_learning_rate, low=0.0, allow_none=True)
   validation.check_int("max_steps", max_steps, low=0)
   validation.check_int("patience", patience, low=1)
   validation.check_int("validation_patience", validation_patience, low=1)
   validation.check_int("max_nonfinite", max_nonfinite, low=1, allow_none=False)
   if not isinstance(pass_nonfinite, bool):
     raise TypeError(f"pass_nonfinite must be a bool, got {pass_nonfinite!r}.")
-  if not isinstance(inner, optax.GradientTransformation):
-    raise ValueError(f"inner must be an optax.GradientTransformation, got {type(inner).__name__}.")
+  validation.check_transformation("inner", inner, example="nag_optax.nag(0.1)")
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params):
