@@ -128,21 +128,10 @@ def auto_nag(
   not finite (the guard passes them on, ``pass_nonfinite``); the Nesterov method's steps there
   are skipped by the guard, which stops after ``max_nonfinite`` in a row.
 
-  Measured (benchmarks/RESULTS.md, float64): on the quadratic suite the spectral phase needs at
-  most 1.53x the first-order lower bound with ``value`` and 1.62x gradient-only, where the
-  Nesterov method needs up to 2.14x (and the best fixed Nesterov step and momentum, knowing L and
-  mu, 1.82x). The spectral steps are chaotic, so their counts vary with rounding: from starts
-  moved by 1e-9, at condition number 1e6, 1.34-1.75x with ``value`` and 1.43-2.00x without
-  (medians 1.49-1.52x and 1.69-1.72x; 1.79x without ``value`` with JAX 0.6). On the logistic
-  regressions fewer iterations than the Nesterov method on all four with ``value`` (three of
-  four gradient-only); Rosenbrock 2-D and 100-D switch within 10 steps and take 241 and 899
-  steps against 327 and 974. Where a non-convex loss shows positive curvature along most steps
-  the switch comes late and the default is slower: a full-batch tanh MLP on the digits (float64,
-  to ``rtol=1e-5``) switched after 400-600 steps and took 686 and 971 steps against the Nesterov
-  method's 563 and 736 (two seeds); ``method="nesterov"`` for such problems. On eleven
-  full-batch problems no default was chosen on (the ``fullbatch`` suite), the default took 0.76x
-  the Nesterov method's iterations on the five convex ones (geometric mean, with ``value``;
-  0.80x gradient-only) and 1.10x on the six non-convex ones (1.04x gradient-only).
+  The spectral steps sweep the spectrum of a convex loss and need fewer gradients than any
+  fixed-parameter Nesterov iteration on ill-conditioned problems, but they are chaotic (their
+  counts vary with rounding) and slower where a non-convex loss curves upward along most steps:
+  there the switch comes late, and ``method="nesterov"`` is the better choice.
 
   The Nesterov method: with ``dy = y_k - y_{k-1}`` and ``dg = g_k - g_{k-1}``,
 
@@ -162,8 +151,8 @@ def auto_nag(
   curvature that consecutive gradients reveal (the co-coercivity estimate never exceeds L, so the
   step is never below ``1/L``; the decayed maximum lets it grow by up to 11% per step where the
   curvature falls), and restart plus the estimated ``kappa`` give the linear rate of strongly
-  convex problems without knowing ``mu``. ``schedule="convex"`` (FISTA with restart throughout)
-  is its previous schedule. ``safety``, ``decay``, ``estimate``, ``schedule``, ``restart`` and
+  convex problems without knowing ``mu``. ``schedule="convex"`` is FISTA with restart
+  throughout. ``safety``, ``decay``, ``estimate``, ``schedule``, ``restart`` and
   ``accumulator_dtype`` belong to it (with ``"auto"``, to its phase) and must keep their
   defaults with ``method="spectral"``.
 
@@ -265,18 +254,16 @@ def auto_nag(
   )
 
 
-# Both annealings stop at 3% of the distance-based rate: with a tenth, the normalised steps of
-# auto_nag_sgd (the gradient over its running rms, whose fall is bounded per step, so the step
-# length barely shrinks with the gradient) still bounced in the Rosenbrock valley from (-1.2, 1)
-# after 20,000 steps ((0.97, 0.93)); with 3% they end at (0.99, 0.99). On the workloads the floor
-# is seldom reached within a run.
+# The floor of both annealings, as a fraction of the distance-based rate: low enough for the
+# normalised steps of auto_nag_sgd (whose length barely shrinks with the gradient) to settle in a
+# narrow valley, high enough that the rate never collapses.
 ANNEALING_FLOOR = 0.03
 
 # auto_nag_sgd's bounded annealing: the step is halved after 3 windows of 25 updates without a
-# new lowest mean training loss, down to 3% of the distance-based rate at most, once the loss has
-# started to fall (the mean of a 25-update window 10% below the first one's): fed from the start,
-# it cut the step to its floor while a GRU sat at its chance-level loss, and the run never
-# learned (benchmarks/heldout.py). Built once; a transformation is immutable.
+# new lowest mean training loss, down to the floor, once the loss has started to fall (the mean
+# of a 25-update window 10% below the first one's), so that a run sitting at its initial loss
+# (a recurrent network at chance level) is not annealed before it learns. Built once; a
+# transformation is immutable.
 DEFAULT_PLATEAU = annealing.anneal_after_progress(
   optax.contrib.reduce_on_plateau(
     factor=0.5, patience=3, accumulation_size=25, min_scale=ANNEALING_FLOOR
@@ -285,10 +272,9 @@ DEFAULT_PLATEAU = annealing.anneal_after_progress(
 
 
 # auto_nadamw's annealing: the step is halved after 10 windows of 25 updates (250 updates)
-# without a new lowest mean training loss, down to 3% of the distance-based rate at most, once
-# the loss has started to fall (as above). Its
-# iterate average does the settling a decayed schedule does at the end of a run, so the step is
-# only halved on long plateaus.
+# without a new lowest mean training loss, down to the floor, once the loss has started to fall
+# (as above). Its iterate average does the settling a decayed schedule does at the end of a run,
+# so the step is only halved on long plateaus.
 AVERAGED_PLATEAU = annealing.anneal_after_progress(
   optax.contrib.reduce_on_plateau(
     factor=0.5, patience=10, accumulation_size=25, min_scale=ANNEALING_FLOOR

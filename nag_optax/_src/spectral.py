@@ -102,11 +102,9 @@ def scale_by_spectral(
   Precision: rounding each iterate to its dtype puts errors into the stiff directions, and a long
   step (about ``1 / mu``) moves them by up to the condition number times their size (a step
   ``1 / L`` only removes them). So it needs ``kappa * eps`` well below the accuracy sought: in
-  float32 on ill-conditioned problems it stalls where the Nesterov method does not: on a
-  300-dimensional quadratic with condition number 1e4, to 1e-4 of the initial distance, 9,473
-  gradients against the Nesterov method's 847 (float64: 1,044 against 1,197). Use it in float64
-  (``jax.config.update("jax_enable_x64", True)``) for such problems; ``auto_nag()`` does so by
-  itself (spectral steps only with float64 params).
+  float32 on ill-conditioned problems it stalls where the Nesterov method does not. Use it in
+  float64 (``jax.config.update("jax_enable_x64", True)``) for such problems; ``auto_nag()`` does
+  so by itself (spectral steps only with float64 params).
 
   Args:
     initial_step: the first step; ``None`` for a probe of relative length ``1e-4`` along ``-g``.
