@@ -286,7 +286,7 @@ def _loss(model, x, y):
 
 
 @pytest.mark.parametrize(
-  "make,learning_rate",
+  "make,initial_learning_rate",
   [
     (nag_optax.auto_nag_sgd, 1e-4),
     (nag_optax.auto_nag_sgd, 1e-3),
@@ -295,10 +295,10 @@ def _loss(model, x, y):
     (nag_optax.auto_nadamw, 1.0),
   ],
 )
-def test_nnx_training_reaches_a_loss_threshold(make, learning_rate):
+def test_nnx_training_reaches_a_loss_threshold(make, initial_learning_rate):
   x, y = _digits()
   model = _MLP(nnx.Rngs(0))
-  optimizer = nnx.Optimizer(model, make(learning_rate), wrt=nnx.Param)
+  optimizer = nnx.Optimizer(model, make(initial_learning_rate=initial_learning_rate), wrt=nnx.Param)
 
   @nnx.jit
   def step(model, optimizer, idx):
@@ -429,3 +429,62 @@ def test_minibatch_optimizers_bad_configuration_raises():
     nag_optax.auto_nag_sgd(momentum=1.0)
   with pytest.raises(ValueError, match="b2"):
     nag_optax.auto_nadamw(b2=1.0)
+
+
+# The minibatch optimizers' rate is self-tuned: no positional "learning rate" that means
+# something else, and every hyperparameter optax.inject_hyperparams exposes takes effect.
+
+
+@pytest.mark.parametrize(
+  "make", [nag_optax.auto_nag_sgd, nag_optax.auto_nadamw, nag_optax.scale_by_distance]
+)
+def test_a_positional_learning_rate_is_rejected_saying_what_the_arguments_mean(make):
+  with pytest.raises(TypeError, match=r"keyword arguments only.*initial_learning_rate=.*factor"):
+    make(1e-3)
+
+
+@pytest.mark.parametrize(
+  "make,kwargs",
+  # Without momentum, so that the update is this step's alone (a momentum buffer carries the
+  # earlier steps, taken at the earlier factor).
+  [(nag_optax.auto_nag_sgd, dict(momentum=0.0)), (nag_optax.auto_nadamw, {})],
+)
+def test_the_injected_learning_rate_takes_effect_mid_run(make, kwargs):
+  params = {"w": jnp.linspace(-1.0, 1.0, 6)}
+  grads = {"w": jnp.linspace(0.5, -0.3, 6)}
+  tx = optax.inject_hyperparams(make)(**kwargs)
+  assert "initial_learning_rate" not in tx.init(params).hyperparams  # read once: not exposed
+  assert "max_relative_step" not in tx.init(params).hyperparams
+  state = tx.init(params)
+  for _ in range(5):
+    _, state = tx.update(grads, state, params)
+  full, _ = tx.update(grads, state, params)
+  state.hyperparams["learning_rate"] = jnp.asarray(0.25)
+  quarter, _ = tx.update(grads, state, params)
+  np.testing.assert_allclose(quarter["w"], 0.25 * full["w"], rtol=1e-6)
+  assert float(jnp.max(jnp.abs(full["w"]))) > 0
+
+
+@pytest.mark.parametrize("make", [nag_optax.auto_nag_sgd, nag_optax.auto_nadamw])
+def test_an_init_only_hyperparameter_cannot_be_injected_silently(make):
+  with pytest.raises(TypeError, match=r"initial_learning_rate is read once.*static_args"):
+    optax.inject_hyperparams(make)(initial_learning_rate=1e-4).init(jnp.ones(3))
+  tx = optax.inject_hyperparams(make, static_args=("initial_learning_rate",))(
+    initial_learning_rate=1e-4
+  )
+  assert float(optax.tree.get(tx.init(jnp.ones(3)), "distance")) == pytest.approx(1e-4)
+
+
+def test_a_learning_rate_schedule_scales_the_tuned_rate():
+  # Params held fixed: the estimate stays at its initial value, so the factor alone moves the
+  # step, update by update.
+  schedule = lambda count: 1.0 / (1.0 + count)
+  scaled = nag_optax.scale_by_distance(learning_rate=schedule, initial_learning_rate=1e-2)
+  plain = nag_optax.scale_by_distance(initial_learning_rate=1e-2)
+  params, grads = jnp.ones(4), jnp.full(4, 0.5)
+  s_scaled, s_plain = scaled.init(params), plain.init(params)
+  for k in range(4):
+    u_scaled, s_scaled = scaled.update(grads, s_scaled, params)
+    u_plain, s_plain = plain.update(grads, s_plain, params)
+    np.testing.assert_allclose(u_scaled, schedule(k) * u_plain, rtol=1e-6)
+    np.testing.assert_allclose(s_scaled.learning_rate, schedule(k + 1) * s_plain.learning_rate)

@@ -172,3 +172,14 @@ def test_flax_nnx_evaluation_at_the_average():
   for got, *its in zip(arrays(eval_model), *iterates):
     np.testing.assert_allclose(got, np.mean(its, 0), rtol=1e-6)
   assert not np.allclose(arrays(eval_model)[1], arrays(model)[1])
+
+
+def test_averaged_params_checks_the_names_not_only_the_leaf_count():
+  params = {"w": jnp.ones(3), "b": jnp.zeros(2)}
+  state = nag_optax.auto_nadamw().init(params)
+  chex.assert_trees_all_equal_shapes(nag_optax.averaged_params(state, params), params)
+  wrongly_named = {"kernel": jnp.ones(3), "bias": jnp.zeros(2)}  # two leaves, other names
+  with pytest.raises(ValueError, match="structure of the averaged params"):
+    nag_optax.averaged_params(state, wrongly_named)
+  with pytest.raises(ValueError, match="structure of the averaged params"):
+    nag_optax.averaged_params(state, {"w": jnp.ones(3)})

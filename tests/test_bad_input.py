@@ -46,6 +46,8 @@ FACTORIES = {
 }
 # Numeric arguments that take a number only in some configurations (checked where they apply).
 NOT_NUMERIC = {"condition_number"}
+# Values a bad-value kind includes that are documented choices of one argument.
+DOCUMENTED = {("max_relative_step", "inf")}  # math.inf: no cap
 
 
 def _numeric_parameters(factory, required):
@@ -74,7 +76,7 @@ CASES = [
   for f, (factory, required) in FACTORIES.items()
   for p in _numeric_parameters(factory, required)
   for b in BAD_VALUES
-  if not (b == "none" and _accepts_none(factory, p))
+  if not (b == "none" and _accepts_none(factory, p)) and (p, b) not in DOCUMENTED
 ]
 
 

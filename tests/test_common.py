@@ -59,8 +59,8 @@ OPTIMIZERS = {
   "scale_by_curvature_chain": (_curvature_chain, dict(safety=1.0)),
   "scale_by_backtracking_chain": (_backtracking_chain, dict(increase_factor=2.0)),
   "stop_when_nag": (_stop_when_nag, dict(learning_rate=1e-3)),
-  "auto_nag_sgd": (nag_optax.auto_nag_sgd, dict(learning_rate=1e-3)),
-  "auto_nadamw": (nag_optax.auto_nadamw, dict(learning_rate=1e-3)),
+  "auto_nag_sgd": (nag_optax.auto_nag_sgd, dict(learning_rate=1.0)),
+  "auto_nadamw": (nag_optax.auto_nadamw, dict(learning_rate=1.0)),
 }
 
 # Where float32 rounding differs, the inject_hyperparams comparison is made after fewer steps

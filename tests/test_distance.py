@@ -1,6 +1,8 @@
 """scale_by_distance: the distance estimate (Prodigy's D) against a NumPy reference loop, its
 weighted moments, its bound by the distance to the minimiser, and the plateau factor."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -94,7 +96,7 @@ def test_scale_by_distance_matches_the_reference_loop(direction):
     )
     ref_x, ref_d = _distance_reference(x0, grad_np, 200, adam=adam, weighted=weighted, **kwargs)
     block = nag_optax.scale_by_distance(
-      1e-4,
+      initial_learning_rate=1e-4,
       step_scale=0.1,
       max_rms_decay=max_rms_decay,
       direction=optax.scale_by_adam(0.9, 0.999, 1e-8, nesterov=True) if adam else None,
@@ -122,9 +124,9 @@ def test_weighted_direction_is_adam_while_the_estimate_is_constant():
   runs = []
   for weighted in (None, (0.9, 0.999)):
     tx = nag_optax.scale_by_distance(
-      1.0,  # above ||x_0 - x_*||_inf = 0.25, which bounds the estimate
+      initial_learning_rate=1.0,  # above ||x_0 - x_*||_inf = 0.25, which bounds the estimate
       step_scale=0.01,
-      max_relative_step=None,
+      max_relative_step=math.inf,
       direction=optax.scale_by_adam(0.9, 0.999, nesterov=True),
       weighted_direction=weighted,
     )
@@ -149,7 +151,7 @@ def test_weighted_direction_keeps_float16_moments_finite():
   # square past float16's range in Adam's second moment; it is bounded by max ** 0.25 = 16.
   x = jnp.full((8,), 0.5, jnp.float16)
   tx = nag_optax.scale_by_distance(
-    1e-3, direction=optax.scale_by_adam(), weighted_direction=(0.9, 0.999)
+    initial_learning_rate=1e-3, direction=optax.scale_by_adam(), weighted_direction=(0.9, 0.999)
   )
   state = tx.init(x)
   for _ in range(300):
@@ -167,7 +169,7 @@ def test_distance_estimate_never_exceeds_the_distance_to_the_minimiser():
     scales = np.logspace(0, 3, 20)
     x_star = rng.randn(20)
     grad = lambda x: scales * (x - x_star)
-    tx = nag_optax.scale_by_distance(1e-6)
+    tx = nag_optax.scale_by_distance(initial_learning_rate=1e-6)
     x = jnp.zeros(20)
     state = tx.init(x)
     for _ in range(2000):
@@ -181,11 +183,11 @@ def test_a_too_large_initial_rate_is_capped_at_the_first_step():
   params = {"w": jnp.full((4, 4), 0.5), "b": jnp.zeros(4)}
   rms = float(jnp.sqrt(jnp.sum(params["w"] ** 2) / 20))
   grads = jax.tree.map(jnp.ones_like, params)
-  tx = nag_optax.scale_by_distance(1.0)
+  tx = nag_optax.scale_by_distance(initial_learning_rate=1.0)
   updates, state = tx.update(grads, tx.init(params), params)
   step_rms = float(optax.tree.norm(updates)) / np.sqrt(20)  # the default direction has rms 1
   np.testing.assert_allclose(step_rms, 0.1 * rms, rtol=1e-5)
-  tx = nag_optax.auto_nadamw(1.0)
+  tx = nag_optax.auto_nadamw(initial_learning_rate=1.0)
   _, state = tx.update(grads, tx.init(params), params)
   distance = float(optax.tree.get(state, "distance"))
   np.testing.assert_allclose(distance, 0.1 * rms, rtol=1e-5)
@@ -193,8 +195,8 @@ def test_a_too_large_initial_rate_is_capped_at_the_first_step():
 
 def test_plateau_factor_scales_the_step_not_the_estimate():
   tx = nag_optax.scale_by_distance(
-    0.5,
-    max_relative_step=None,
+    initial_learning_rate=0.5,
+    max_relative_step=math.inf,
     plateau=optax.contrib.reduce_on_plateau(factor=0.5, patience=1, min_scale=0.25),
   )
   params = jnp.ones(2)
@@ -208,8 +210,10 @@ def test_plateau_factor_scales_the_step_not_the_estimate():
 
 
 def test_scale_by_distance_rejects_bad_configuration():
+  with pytest.raises(ValueError, match="initial_learning_rate"):
+    nag_optax.scale_by_distance(initial_learning_rate=0.0)
   with pytest.raises(ValueError, match="learning_rate"):
-    nag_optax.scale_by_distance(0.0)
+    nag_optax.scale_by_distance(learning_rate=-1.0)
   with pytest.raises(ValueError, match="decay"):
     nag_optax.scale_by_distance(decay=1.5)
   with pytest.raises(TypeError, match="direction"):

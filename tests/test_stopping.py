@@ -302,3 +302,13 @@ def test_validation_patience_ignores_nan_and_missing_validation_loss():
 def test_stop_when_pass_nonfinite_must_be_a_bool():
   with pytest.raises(TypeError, match="pass_nonfinite"):
     nag_optax.stop_when(nag_optax.scale_by_spectral(), pass_nonfinite="yes")
+
+
+def test_a_stop_reason_prints_its_name():
+  tx = nag_optax.stop_when(nag_optax.nag(0.1), max_steps=0)
+  _, state = tx.update(jnp.ones(2), tx.init(jnp.zeros(2)))
+  reason = nag_optax.stop_reason(state)
+  assert str(reason) == "MAX_STEPS"
+  assert f"stopped: {reason}" == "stopped: MAX_STEPS"
+  assert f"{reason:>10}" == " MAX_STEPS"
+  assert f"{reason:d}" == "5" and int(reason) == 5

@@ -282,12 +282,14 @@ AVERAGED_PLATEAU = annealing.anneal_after_progress(
 )
 
 
+@validation.keyword_only(distance.KEYWORD_ONLY_HINT)
 def auto_nag_sgd(
-  learning_rate: float = 1e-6,
-  momentum: float = 0.9,
   *,
+  learning_rate: optax.ScalarOrSchedule = 1.0,
+  initial_learning_rate: Optional[float] = None,
+  momentum: float = 0.9,
   accumulator_dtype: Optional[jax.typing.DTypeLike] = None,
-  max_relative_step: Optional[float] = 0.1,
+  max_relative_step: Optional[float] = None,
   plateau: Optional[optax.GradientTransformation] = DEFAULT_PLATEAU,
   min_learning_rate: Optional[float] = None,
   patience: Optional[int] = None,
@@ -301,9 +303,9 @@ def auto_nag_sgd(
   step direction is the minibatch gradient over its running root mean square,
   ``a_k = g_k / sqrt(v_k)``, and the rate is the distance estimate ``d_k`` of
   :func:`scale_by_distance` (Prodigy's D: the gradients against the displacement from the start,
-  accumulated over the whole run), which starts at ``learning_rate`` and grows until it matches
-  the distance the training has to travel; it never decreases, so it cannot collapse under
-  minibatch noise. Nesterov's lookahead momentum (PyTorch's / ``optax.sgd(nesterov=True)``'s
+  accumulated over the whole run), which starts at ``initial_learning_rate`` and grows until it
+  matches the distance the training has to travel; it never decreases, so it cannot collapse
+  under minibatch noise. Nesterov's lookahead momentum (PyTorch's / ``optax.sgd(nesterov=True)``'s
   form) sums the steps ``u_k = -(1 - b) d_k a_k``, so the effective step is ``d_k a_k``.
 
   Annealing, bounded: with the training loss passed as ``value`` (Flax NNX
@@ -328,12 +330,19 @@ def auto_nag_sgd(
 
   Memory: three parameter-sized buffers (momentum, the first params, the weighted gradient sum).
 
+  All arguments are keyword-only.
+
   Args:
-    learning_rate: the initial rate estimate; any value from ``1e-8`` to ``1`` (a small one grows
-      within tens of steps, a large one is cut to ``max_relative_step`` of the params' rms).
+    learning_rate: a factor on the tuned rate (a float or an optax schedule of the update
+      count, e.g. a warm-up); ``1`` for the rate as estimated. It takes effect at every update,
+      under ``optax.inject_hyperparams`` too.
+    initial_learning_rate: the estimate the rate starts from; any value from ``1e-8`` to ``1``
+      (a small one grows within tens of steps, a large one is cut to ``max_relative_step`` of
+      the params' rms); ``None`` for ``1e-6``. Read once, by ``init``.
     momentum: the Nesterov momentum coefficient in ``[0, 1)``.
     accumulator_dtype: dtype of the momentum buffer.
-    max_relative_step: the cap on the first step relative to the params' rms.
+    max_relative_step: the cap on the first step relative to the params' rms; ``None`` for
+      ``0.1``. Read once, by ``init``.
     plateau: the bounded annealing on the training loss ``value`` (see above); ``None`` for none.
     min_learning_rate, patience, validation_patience, max_steps, max_nonfinite: the stopping
       signal (:func:`stop_when`).
@@ -367,7 +376,11 @@ def auto_nag_sgd(
   validation.check_range("momentum", momentum, low=0.0, high=1.0, high_inclusive=False)
   inner = optax.chain(
     distance.scale_by_distance(
-      learning_rate, step_scale=1.0 - momentum, max_relative_step=max_relative_step, plateau=plateau
+      learning_rate=learning_rate,
+      initial_learning_rate=initial_learning_rate,
+      step_scale=1.0 - momentum,
+      max_relative_step=max_relative_step,
+      plateau=plateau,
     ),
     momentum_lib.nesterov(momentum, accumulator_dtype=accumulator_dtype),
   )
@@ -381,14 +394,16 @@ def auto_nag_sgd(
   )
 
 
+@validation.keyword_only(distance.KEYWORD_ONLY_HINT)
 def auto_nadamw(
-  learning_rate: float = 1e-6,
+  *,
+  learning_rate: optax.ScalarOrSchedule = 1.0,
+  initial_learning_rate: Optional[float] = None,
   b1: jax.typing.ArrayLike = 0.9,
   b2: jax.typing.ArrayLike = 0.999,
   eps: jax.typing.ArrayLike = 1e-8,
   weight_decay: Union[float, jax.Array] = 0.0,
-  *,
-  max_relative_step: Optional[float] = 0.1,
+  max_relative_step: Optional[float] = None,
   plateau: Optional[optax.GradientTransformation] = AVERAGED_PLATEAU,
   average_power: Optional[jax.typing.ArrayLike] = 7.0,
   min_learning_rate: Optional[float] = None,
@@ -417,10 +432,9 @@ def auto_nadamw(
   second moment forgets the warm-up's gradients instead of carrying them for a thousand steps
   (the normalisation factor of the weighted averages multiplies the whole direction, decay term
   included, and is 1 once ``d`` stops growing).
-  The estimate starts at ``learning_rate``, grows geometrically while the gradients keep pointing
-  away from the start, and never decreases: no rate to tune, none that collapses. For the models
-  where per-coordinate scaling wins (transformers, normalised networks); :func:`auto_nag_sgd` is
-  its plain-SGD sibling.
+  The estimate starts at ``initial_learning_rate``, grows geometrically while the gradients keep
+  pointing away from the start, and never decreases: no rate to tune, none that collapses.
+  :func:`auto_nag_sgd` is its plain-SGD sibling.
 
   **Evaluate the average.** The state keeps the polynomial-decay average of the iterates
   (:func:`average_iterates`, weights about ``t^7``: the last quarter of the run carries 90% of
@@ -450,11 +464,18 @@ def auto_nadamw(
   Memory: five parameter-sized buffers (Adam's two moments, the first params and the weighted
   gradient sum, as ``optax.contrib.prodigy``, and the average, at least float32).
 
+  All arguments are keyword-only.
+
   Args:
-    learning_rate: the initial rate estimate; any value from ``1e-8`` to ``1``.
+    learning_rate: a factor on the tuned rate (a float or an optax schedule of the update
+      count); ``1`` for the rate as estimated. It takes effect at every update, under
+      ``optax.inject_hyperparams`` too.
+    initial_learning_rate: the estimate the rate starts from; any value from ``1e-8`` to ``1``;
+      ``None`` for ``1e-6``. Read once, by ``init``.
     b1, b2, eps: Adam's moment decays and denominator offset.
     weight_decay: the decoupled weight decay ``lambda`` (scaled by the rate).
-    max_relative_step: the cap on the first step relative to the params' rms.
+    max_relative_step: the cap on the first step relative to the params' rms; ``None`` for
+      ``0.1``. Read once, by ``init``.
     plateau: the bounded annealing on the training loss ``value`` (see above); ``None`` for none.
     average_power: the power ``p`` of the iterate average (:func:`average_iterates`); ``None``
       for no average.
@@ -494,7 +515,7 @@ def auto_nadamw(
     Shamir & Zhang, `Stochastic gradient descent for non-smooth optimization: convergence
     results and optimal averaging schemes <https://arxiv.org/abs/1212.1824>`_, ICML 2013.
   """
-  validation.check_range("average_power", 0.0 if average_power is None else average_power, low=0.0)
+  validation.check_range("average_power", average_power, low=0.0, allow_none=True)
   validation.check_range("b1", b1, low=0.0, high=1.0, high_inclusive=False)
   validation.check_range("b2", b2, low=0.0, high=1.0, high_inclusive=False)
   validation.check_range("eps", eps, low=0.0)
@@ -503,7 +524,8 @@ def auto_nadamw(
     optax.scale_by_adam(b1, b2, eps, nesterov=True), optax.add_decayed_weights(weight_decay)
   )
   inner = distance.scale_by_distance(
-    learning_rate,
+    learning_rate=learning_rate,
+    initial_learning_rate=initial_learning_rate,
     direction=direction,
     max_relative_step=max_relative_step,
     plateau=plateau,

@@ -118,14 +118,14 @@ def averaged_params(state: Any, params: Any = None) -> Any:
   anywhere in an optimizer state (through ``stop_when``, ``optax.chain``,
   ``optax.inject_hyperparams``, ``optax.MultiSteps``, Flax NNX's ``optimizer.opt_state``).
 
-  Evaluate the model at these params. With ``params`` given (the training params, or any tree
-  with the same leaves) each leaf is cast to the dtype of the matching leaf, so the average drops
-  into the model: with Flax NNX,
+  Evaluate the model at these params. With ``params`` given (the training params: a tree with
+  the same leaves under the same names, checked) each leaf is cast to the dtype of the matching
+  leaf, so the average drops into the model: with Flax NNX,
   ``nnx.update(eval_model, averaged_params(optimizer.opt_state, nnx.state(model, nnx.Param)))``.
   Flax NNX's variable boxes are unwrapped to arrays.
 
   Raises:
-    ValueError: the state holds no average, or more than one.
+    ValueError: the state holds no average, or more than one, or ``params`` is not shaped as it.
 
   Examples:
     >>> import jax.numpy as jnp, nag_optax
@@ -144,14 +144,31 @@ def averaged_params(state: Any, params: Any = None) -> Any:
     )
   if len(found) > 1:
     raise ValueError(f"the optimizer state holds {len(found)} iterate averages; expected one.")
-  leaves, treedef = jax.tree.flatten(found[0], is_leaf=numerics.is_box)
-  leaves = [numerics.unbox(x) for x in leaves]
+  paths_and_leaves, treedef = jax.tree_util.tree_flatten_with_path(
+    found[0], is_leaf=numerics.is_box
+  )
+  leaves = [numerics.unbox(x) for _, x in paths_and_leaves]
   if params is not None:
-    like = [numerics.unbox(x) for x in jax.tree.leaves(params, is_leaf=numerics.is_box)]
-    if len(like) != len(leaves):
+    like = jax.tree_util.tree_flatten_with_path(params, is_leaf=numerics.is_box)[0]
+    if [_keys(p) for p, _ in like] != [_keys(p) for p, _ in paths_and_leaves]:
       raise ValueError(
-        f"params has {len(like)} leaves but the average has {len(leaves)}; pass the params the "
-        "optimizer trains."
+        "params must have the structure of the averaged params (the params the optimizer "
+        f"trains): got leaves at {[jax.tree_util.keystr(p) for p, _ in like]}, the average has "
+        f"them at {[jax.tree_util.keystr(p) for p, _ in paths_and_leaves]}."
       )
-    leaves = [a.astype(jnp.asarray(x).dtype) for a, x in zip(leaves, like)]
+    leaves = [a.astype(jnp.asarray(numerics.unbox(x)).dtype) for a, (_, x) in zip(leaves, like)]
   return jax.tree.unflatten(treedef, leaves)
+
+
+def _keys(path) -> tuple:
+  """A leaf's path as plain keys, so that a dict and a Flax NNX ``State`` with the same names
+  (the training params and the average kept in ``nnx.Optimizer``'s state) compare equal."""
+  out = []
+  for entry in path:
+    for attribute in ("key", "name", "idx"):
+      if hasattr(entry, attribute):
+        out.append(getattr(entry, attribute))
+        break
+    else:
+      out.append(str(entry))
+  return tuple(out)

@@ -32,7 +32,8 @@ class ScaleByDistanceState(NamedTuple):
   """State of :func:`scale_by_distance`."""
 
   count: jax.Array  #: int32: updates taken.
-  learning_rate: jax.Array  #: the rate the next update applies, ``step_scale * d * plateau_scale``.
+  #: The rate the next update applies: ``learning_rate * step_scale * d`` times the plateau factor.
+  learning_rate: jax.Array
   distance: jax.Array  #: d_k, the distance estimate; never decreases after the first update.
   initial_distance: jax.Array  #: d_0, the (capped) initial estimate.
   #: ``(W1, W2, U1, U2)``: EMAs of ``w``, ``w^2``, ``1`` and ``1`` at the decays ``(b1, b2, b1,
@@ -48,13 +49,26 @@ class ScaleByDistanceState(NamedTuple):
   plateau: Any  #: state of the `plateau` transformation (() without it).
 
 
+# The initial estimate and its cap relative to the params' rms, where the user gives none.
+DEFAULT_INITIAL_LEARNING_RATE = 1e-6
+DEFAULT_MAX_RELATIVE_STEP = 0.1
+
+# What a number passed positionally would be mistaken for.
+KEYWORD_ONLY_HINT = (
+  "The rate tunes itself: initial_learning_rate= is the estimate it starts from (any small "
+  "value), learning_rate= a factor on the tuned rate (default 1.0), as in Prodigy."
+)
+
+
+@validation.keyword_only(KEYWORD_ONLY_HINT)
 def scale_by_distance(
-  learning_rate: float = 1e-6,
   *,
+  learning_rate: optax.ScalarOrSchedule = 1.0,
+  initial_learning_rate: Optional[float] = None,
   direction: Optional[optax.GradientTransformation] = None,
   decay: float = 0.9995,
   step_scale: float = 1.0,
-  max_relative_step: Optional[float] = 0.1,
+  max_relative_step: Optional[float] = None,
   rms_decay: float = 0.999,
   max_rms_decay: float = 0.998,
   eps: float = 1e-8,
@@ -93,10 +107,14 @@ def scale_by_distance(
   where the start of training put it; an annealing on top of it, if wanted, is the user's (a
   schedule in ``optax.chain``) or the stopping signal's business.
 
-  ``init`` caps the initial guess: ``d_0 = min(learning_rate, max_relative_step *
-  max(rms(x_0), 1e-3))`` (``rms`` the root mean square of the params), so a too large
-  ``learning_rate`` (which the growing estimate could never undo) is cut to a step of a tenth of
-  the typical parameter size; a small one grows by the estimate within tens of steps.
+  ``init`` caps the initial guess: ``d_0 = min(initial_learning_rate, max_relative_step *
+  max(rms(x_0), 1e-3))`` (``rms`` the root mean square of the params), so a too large guess
+  (which the growing estimate could never undo) is cut to a step of a tenth of the typical
+  parameter size; a small one grows by the estimate within tens of steps.
+
+  ``learning_rate`` multiplies the step, not the estimate: a factor on the tuned rate (1 by
+  default; a schedule of the update count for a warm-up or a decay on top of it, as with
+  Prodigy's learning rate).
 
   The estimate reads the raw gradient ``g_k`` (the incoming updates) and the params; the
   direction only shapes the step. With momentum downstream (``nesterov(b)``, which sums steps),
@@ -125,14 +143,18 @@ def scale_by_distance(
   dtype of the gradients) so that a ``float16`` second moment cannot overflow.
 
   Args:
-    learning_rate: the initial estimate ``d_0`` (any value from ``1e-8`` up: too small grows,
-      too large is capped by ``max_relative_step``).
+    learning_rate: a factor on the tuned rate (a float ``>= 0`` or an optax schedule of the
+      update count); ``1`` for the rate as estimated.
+    initial_learning_rate: the initial estimate ``d_0`` (any value from ``1e-8`` up: too small
+      grows, too large is capped by ``max_relative_step``); ``None`` for ``1e-6``. Read once, by
+      ``init``.
+
     direction: an optax transformation giving the step direction from the gradient (its output
       is scaled by ``-step_scale * d_k``), or ``None`` for ``g / sqrt(EMA mean(g^2))``.
     decay: ``beta`` in ``(0, 1]``, the forgetting of old terms of ``r`` and ``s``.
     step_scale: ``sigma > 0``, multiplies the step (not the estimate).
     max_relative_step: the cap of the initial guess, relative to the params' rms; ``None`` for
-      none.
+      ``0.1``, ``math.inf`` for no cap. Read once, by ``init``.
     rms_decay: the EMA factor of the default direction's mean square.
     max_rms_decay: ``gamma`` in ``[0, 1]``, how fast the default direction's normaliser may fall.
     eps: added to the default direction's root mean square.
@@ -146,8 +168,8 @@ def scale_by_distance(
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; the state's ``learning_rate`` is the rate the
-    next update applies to the direction (``step_scale * d`` times the plateau factor),
-    ``distance`` is ``d``.
+    next update applies to the direction (``learning_rate * step_scale * d`` times the plateau
+    factor), ``distance`` is ``d``.
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax, nag_optax
@@ -170,12 +192,18 @@ def scale_by_distance(
     Wu, Ren, Liao & Grosse, `Understanding short-horizon bias in stochastic meta-optimization
     <https://arxiv.org/abs/1803.02021>`_, ICLR 2018.
   """
-  validation.check_range("learning_rate", learning_rate, low=0.0, low_inclusive=False)
+  validation.check_range("learning_rate", learning_rate, low=0.0)
+  validation.check_init_only("initial_learning_rate", initial_learning_rate)
+  validation.check_range(
+    "initial_learning_rate", initial_learning_rate, low=0.0, low_inclusive=False, allow_none=True
+  )
   validation.check_range("decay", decay, low=0.0, high=1.0, low_inclusive=False)
   validation.check_range("step_scale", step_scale, low=0.0, low_inclusive=False)
-  validation.check_range(
-    "max_relative_step", max_relative_step, low=0.0, low_inclusive=False, allow_none=True
-  )
+  validation.check_init_only("max_relative_step", max_relative_step)
+  if max_relative_step != math.inf:
+    validation.check_range(
+      "max_relative_step", max_relative_step, low=0.0, low_inclusive=False, allow_none=True
+    )
   validation.check_range("rms_decay", rms_decay, low=0.0, high=1.0, high_inclusive=False)
   validation.check_range("max_rms_decay", max_rms_decay, low=0.0, high=1.0)
   validation.check_range("eps", eps, low=0.0)
@@ -192,13 +220,30 @@ def scale_by_distance(
       validation.check_range(name, b, low=0.0, high=1.0, high_inclusive=False)
   if direction is not None:
     direction = optax.with_extra_args_support(direction)
+  initial_learning_rate = (
+    DEFAULT_INITIAL_LEARNING_RATE if initial_learning_rate is None else initial_learning_rate
+  )
+  max_relative_step = DEFAULT_MAX_RELATIVE_STEP if max_relative_step is None else max_relative_step
+  # A unit factor (the default) is left out of the arithmetic altogether.
+  unit_factor = (
+    not callable(learning_rate)
+    and isinstance(learning_rate, (int, float))
+    and (learning_rate == 1.0)
+  )
+
+  def factor(count):
+    """``learning_rate`` at update ``count`` (a schedule is called with it)."""
+    return learning_rate(count) if callable(learning_rate) else learning_rate
+
+  def times_factor(rate, count):
+    return rate if unit_factor else rate * jnp.asarray(factor(count)).astype(rate.dtype)
 
   def init_fn(params):
     params = validation.as_arrays(params)
     validation.check_float_params(params)
     dtype = numerics.scalar_dtype(params)
-    d0 = jnp.asarray(learning_rate, dtype)
-    if max_relative_step is not None:
+    d0 = jnp.asarray(initial_learning_rate, dtype)
+    if max_relative_step != math.inf:
       # The cap, read from x_0 (the params the estimate measures from).
       size = max(optax.tree.size(params), 1)
       acc = jnp.promote_types(dtype, jnp.float32)
@@ -207,7 +252,7 @@ def scale_by_distance(
       d0 = jnp.minimum(d0, cap)
     return ScaleByDistanceState(
       count=jnp.zeros((), jnp.int32),
-      learning_rate=(step_scale * d0).astype(dtype),
+      learning_rate=times_factor((step_scale * d0).astype(dtype), jnp.zeros((), jnp.int32)),
       distance=d0,
       initial_distance=d0,
       weight_averages=jnp.zeros((4,), dtype),
@@ -284,7 +329,7 @@ def scale_by_distance(
     scale, plateau_state = annealing.feed_plateau(
       plateau, state.plateau, state.plateau_scale, value, finite, dtype
     )
-    rate = step_scale * d * scale * dir_scale
+    rate = times_factor(step_scale * d * scale * dir_scale, state.count)
     new_updates = jax.tree.map(
       lambda a, g: (-rate * a.astype(acc)).astype(g.dtype), dir_updates, updates
     )
@@ -295,9 +340,10 @@ def scale_by_distance(
     )
     estimate = numerics.safe_div(numerator, l1.astype(dtype))
     new_d = jnp.where(finite, jnp.maximum(d, estimate), d)
+    count = jnp.asarray(optax.safe_increment(state.count))
     new_state = ScaleByDistanceState(
-      count=jnp.asarray(optax.safe_increment(state.count)),
-      learning_rate=(step_scale * new_d * scale).astype(dtype),
+      count=count,
+      learning_rate=times_factor((step_scale * new_d * scale).astype(dtype), count),
       distance=new_d.astype(dtype),
       initial_distance=state.initial_distance,
       weight_averages=averages.astype(dtype),

@@ -35,6 +35,15 @@ class StopReason(enum.IntEnum):
   NONFINITE = 8
   VALIDATION_PATIENCE = 9
 
+  def __str__(self) -> str:
+    return self.name
+
+  def __format__(self, format_spec: str) -> str:
+    # The name in f-strings and str.format ("{}" or "{:>10}"), the code with a numeric spec.
+    if format_spec and format_spec[-1] in "bcdoxXn":
+      return format(int(self), format_spec)
+    return format(self.name, format_spec)
+
   @property
   def description(self) -> str:
     """What the reason means, in words (e.g. ``"gradient norm <= gtol"`` for ``GTOL``)."""

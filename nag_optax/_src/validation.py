@@ -5,9 +5,13 @@ are checked only when they are concrete numbers: under ``optax.inject_hyperparam
 ``jax.jit`` they arrive as tracers and are left alone.
 """
 
+import functools
 from typing import Any
+from typing import Callable
 from typing import Iterable
 from typing import Optional
+from typing import ParamSpec
+from typing import TypeVar
 
 import jax
 import jax.core
@@ -15,6 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 
 INT32_MAX = 2**31 - 1
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 def is_concrete_number(x: Any) -> bool:
@@ -205,3 +212,35 @@ def check_float_params(params: Any) -> None:
         f"{dtype}. Cast it (e.g. jnp.asarray(x, jnp.float32)) or keep it out of "
         "the optimized tree (optax.masked / nnx.Param filters)."
       )
+
+
+def keyword_only(hint: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+  """A factory whose arguments are keyword-only, with a TypeError that says why (``hint``) when
+  it is called with positional ones (a number passed positionally may mean something else to
+  a reader used to another optimizer's signature)."""
+
+  def decorate(factory: Callable[_P, _R]) -> Callable[_P, _R]:
+    @functools.wraps(factory)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+      if args:
+        given = ", ".join(repr(a) for a in args)
+        raise TypeError(
+          f"{getattr(factory, '__name__', 'this factory')}() takes keyword arguments only, got "
+          f"positional {given}. {hint}"
+        )
+      return factory(**kwargs)
+
+    return wrapper
+
+  return decorate
+
+
+def check_init_only(name: str, value: Any) -> None:
+  """Raise TypeError for a hyperparameter read only by ``init`` that arrives as an array, as
+  ``optax.inject_hyperparams`` passes the hyperparameters it exposes: changing it there would
+  change nothing, silently."""
+  if isinstance(value, (jax.Array, np.ndarray)):
+    raise TypeError(
+      f"{name} is read once, when the state is initialised, so it cannot be injected: pass it "
+      f"as a Python number (under optax.inject_hyperparams, in static_args=({name!r},))."
+    )
