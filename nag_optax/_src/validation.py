@@ -228,7 +228,7 @@ def keyword_only(hint: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
           f"{getattr(factory, '__name__', 'this factory')}() takes keyword arguments only, got "
           f"positional {given}. {hint}"
         )
-      return factory(**kwargs)
+      return factory(*args, **kwargs)  # no positional ones here
 
     return wrapper
 
