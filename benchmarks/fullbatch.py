@@ -2,7 +2,7 @@
 
 ``auto_nag()``'s float64 default (spectral steps until the loss curves down, then the Nesterov
 method) was chosen on the quadratic and logistic suites. This suite judges it, next to the
-Nesterov method (``auto_nag(method="nesterov")``, the previous default) and L-BFGS, on eleven
+Nesterov method (``auto_nag(method="nesterov")``, the float32 default) and L-BFGS, on eleven
 other problems built from scikit-learn's data or generated, float64, from fixed starts:
 
 - convex: least squares on ``wine`` (13 features + bias, target the class index); ridge
@@ -287,8 +287,8 @@ factorisation, three small MLPs (softplus, tanh, GELU) on scikit-learn data, 10-
 a separable quartic (definitions: `benchmarks/fullbatch.py`). Every method runs through the
 shared driver until ||grad f(x_k)|| <= {TOL:g} ||grad f(x_0)|| (cap {CAP:,}); `auto_nag` with
 `value` and `value_fn` each step (as `nag_optax.minimize` passes them) and gradient-only; the
-Nesterov method (`method="nesterov"`, the previous default and the float32 default) on the same
-two paths; `optax.lbfgs()` with its line search, and with one curvature pair.
+Nesterov method (`method="nesterov"`, the float32 default) on the same two paths;
+`optax.lbfgs()` with its line search, and with one curvature pair.
 
 The default's iterations against the Nesterov method's (ratio below 1: the default is faster):
 

@@ -258,17 +258,11 @@ METHODS = (
     lambda d, lr: nag_optax.auto_nag(rtol=None),
     pass_extra_args=False,
   ),
-  # The previous default (before method="auto"), the Nesterov method: in float64 the default
-  # now runs spectral steps until the loss curves down, which it never does on these problems.
+  # The Nesterov method (auto_nag's float32 method): in float64 the default runs spectral steps
+  # until the loss curves down, which it never does on these convex problems.
   Method(
-    'auto_nag(method="nesterov"), previous default, gradient-only',
+    'auto_nag(method="nesterov") gradient-only',
     lambda d, lr: nag_optax.auto_nag(method="nesterov", rtol=None),
-    pass_extra_args=False,
-  ),
-  # The default before schedule="adaptive": FISTA with gradient restart throughout.
-  Method(
-    'auto_nag(method="nesterov", schedule="convex"), gradient-only',
-    lambda d, lr: nag_optax.auto_nag(method="nesterov", schedule="convex", rtol=None),
     pass_extra_args=False,
   ),
   *driver.tuned_baselines(SGD_GRID, ADAM_GRID),
