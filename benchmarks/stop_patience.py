@@ -67,9 +67,7 @@ def main(argv=None) -> None:
   seeds = _seeds(args.seeds)
   fractions = [float(f) for f in args.fractions.split(",")]
   names = args.workloads.split(",")
-  factories = {
-    n: f for n, f in workloads.nag_factories().items() if n != workloads.V01
-  }  # the tuning-free optimizers of today; v0.1 has no validation stop
+  factories = workloads.nag_factories()
   results = {(n, f): [] for n in factories for f in fractions}
   start = time.perf_counter()
   for name in names:

@@ -92,7 +92,6 @@ LONG_RUN_STEPS = {
 TIMED_BLOCKS = 4  # the single-seed run that measures ms/step (full mode): 4 evaluation blocks
 TIMING_REPEATS = 3
 
-V01 = "auto_nag_sgd v0.1 (hypergradient, today's default)"
 AUTO_SGD = "nag_optax.auto_nag_sgd()"
 AUTO_NADAMW = "nag_optax.auto_nadamw()"
 
@@ -101,35 +100,14 @@ def _schedule_free_eval(params, state):
   return optax.contrib.schedule_free_eval_params(state, params)
 
 
-def auto_nag_sgd_v01(learning_rate=1e-3, **stop_kwargs):
-  """auto_nag_sgd as of v0.1, built explicitly so that the row stays reproducible."""
-  return nag_optax.stop_when(
-    optax.chain(
-      nag_optax.scale_by_hypergradient(
-        learning_rate,
-        hypergradient_rate=0.1,
-        warmup_growth=2.0,
-        max_relative_step=0.1,
-        per_leaf=True,
-        plateau=optax.contrib.reduce_on_plateau(factor=0.5, patience=5, accumulation_size=50),
-      ),
-      nag_optax.nesterov(0.9),
-    ),
-    **stop_kwargs,
-  )
-
-
 def nag_factories() -> dict:
-  """name -> factory(learning_rate=None, **kwargs): every tuning-free nag_optax optimizer."""
-  out = {AUTO_SGD: nag_optax.auto_nag_sgd}
-  if hasattr(nag_optax, "auto_nadamw"):
-    out[AUTO_NADAMW] = nag_optax.auto_nadamw
-  out[V01] = auto_nag_sgd_v01
-  return out
+  """name -> factory(**kwargs): every tuning-free nag_optax optimizer."""
+  return {AUTO_SGD: nag_optax.auto_nag_sgd, AUTO_NADAMW: nag_optax.auto_nadamw}
 
 
-def _call(factory, learning_rate=None, **kwargs):
-  return factory(**kwargs) if learning_rate is None else factory(learning_rate, **kwargs)
+def _call(factory, learning_rate=None):
+  """``factory()``, or from another initial rate, ``factory(learning_rate=...)`` (keyword-only)."""
+  return factory() if learning_rate is None else factory(learning_rate=learning_rate)
 
 
 def _stop_config(factory) -> tuple:

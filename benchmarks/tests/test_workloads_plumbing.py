@@ -175,12 +175,10 @@ def test_trainer_smoke(name):
 
 
 def test_suite_lists_the_nag_optax_optimizers():
-  import nag_optax
   from benchmarks import workloads
 
   names = list(workloads.nag_factories())
-  assert workloads.AUTO_SGD in names and workloads.V01 in names
-  assert (workloads.AUTO_NADAMW in names) == hasattr(nag_optax, "auto_nadamw")
+  assert names == [workloads.AUTO_SGD, workloads.AUTO_NADAMW]
   assert set(workloads.STOP_CONFIGS) == set(names)
 
 
