@@ -19,7 +19,7 @@ SUITES = {
   "logistic": "benchmarks.logistic",
   "fullbatch": "benchmarks.fullbatch",
   "step_cost": "benchmarks.step_cost",
-  "workloads": "benchmarks.workloads",
+  "workloads": "benchmarks.workloads.suite",
 }
 
 RESULTS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
