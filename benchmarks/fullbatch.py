@@ -237,16 +237,16 @@ def _ratio_table(results: list[report.ProblemResult]) -> str:
   for p in results:
     by = {r.method: r for r in p.runs}
     cells = []
-    for path, new, old in (
+    for path, default, nesterov in (
       ("value", DEFAULT_VALUE, NESTEROV_VALUE),
       ("grad", DEFAULT_GRAD, NESTEROV_GRAD),
     ):
-      ratio = driver.ratio(by[new], by[old])
+      ratio = driver.ratio(by[default], by[nesterov])
       if ratio is not None:
         ratios[(p.info["convex"], path)].append(ratio)
       cells += [
-        driver.iterations_cell(by[new]),
-        driver.iterations_cell(by[old]),
+        driver.iterations_cell(by[default]),
+        driver.iterations_cell(by[nesterov]),
         driver.ratio_cell(ratio),
       ]
     kind = "convex" if p.info["convex"] else "non-convex"
