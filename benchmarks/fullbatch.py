@@ -2,8 +2,8 @@
 
 ``auto_nag()``'s float64 default (spectral steps until the loss curves down, then the Nesterov
 method) was chosen on the quadratic and logistic suites. This suite judges it, next to the
-Nesterov method (the previous default) and L-BFGS, on eleven other problems built from
-scikit-learn's data or generated, float64, from fixed starts:
+Nesterov method (``auto_nag(method="nesterov")``, the float32 default) and L-BFGS, on eleven
+other problems built from scikit-learn's data or generated, float64, from fixed starts:
 
 - convex: least squares on ``wine`` (13 features + bias, target the class index); ridge
   regression on ``diabetes`` (lambda 1e-3); a pseudo-Huber regression on ``diabetes`` (delta
@@ -22,22 +22,23 @@ quartic.
 
 import math
 import time
+from typing import Any
 from typing import Callable
+from typing import Literal
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 import nag_optax
-from benchmarks import loop
-from benchmarks import methods
+from benchmarks import driver
 from benchmarks import report
+from benchmarks.methods import Method
 
-TOL = 1e-6
+TOL = driver.TOL
 CAP = 20_000
-RECORD_EVERY = max(1, math.ceil(CAP / loop.HISTORY_SIZE))
+RECORD_EVERY = driver.record_every(CAP)
 
 DEFAULT_VALUE = "nag_optax.auto_nag() with value"
 DEFAULT_GRAD = "nag_optax.auto_nag() gradient-only"
@@ -49,8 +50,16 @@ class Problem(NamedTuple):
   name: str
   label: str
   convex: bool
-  fun: Callable
-  x0: object
+  fun: Callable[[Any], Any]
+  x0: Any
+
+
+def _load(name: str) -> tuple[np.ndarray, np.ndarray]:
+  """scikit-learn's data set ``name``: (features, targets)."""
+  from sklearn import datasets
+
+  x, y = getattr(datasets, f"load_{name}")(return_X_y=True)
+  return np.asarray(x), np.asarray(y)
 
 
 def _standardised(features: np.ndarray, bias: bool = True) -> np.ndarray:
@@ -84,12 +93,10 @@ def _mlp(features, one_hot, width, depth, activation, lam, seed):
 
 def problems(mode: str) -> list:
   """The suite's problems (float64 arrays: build them with x64 enabled)."""
-  from sklearn import datasets
-
-  wine_x, wine_y = datasets.load_wine(return_X_y=True)
-  diab_x, diab_y = datasets.load_diabetes(return_X_y=True)
-  bc_x, bc_y = datasets.load_breast_cancer(return_X_y=True)
-  dig_x, dig_y = datasets.load_digits(return_X_y=True)
+  wine_x, wine_y = _load("wine")
+  diab_x, diab_y = _load("diabetes")
+  bc_x, bc_y = _load("breast_cancer")
+  dig_x, dig_y = _load("digits")
   xw, xd = jnp.asarray(_standardised(wine_x)), jnp.asarray(_standardised(diab_x))
   yw = jnp.asarray(wine_y, jnp.float64)
   yd = jnp.asarray((diab_y - diab_y.mean()) / diab_y.std())
@@ -196,69 +203,31 @@ def problems(mode: str) -> list:
   return convex + nonconvex
 
 
-def _value_path(make):
-  return dict(make=lambda d, lr: make(), uses_value=True, count_value=False)
+def _with_value(name: str, method: Literal["auto", "nesterov"]) -> Method:
+  """``auto_nag(method=method)`` passed ``value`` and ``value_fn``, as ``minimize`` passes them."""
+  make = lambda d, lr: nag_optax.auto_nag(method=method, rtol=None)
+  return Method(name, make, uses_value=True, count_value=False)
 
 
-def _gradient_path(make):
-  return dict(make=lambda d, lr: make(), pass_extra_args=False)
+def _gradient_only(name: str, method: Literal["auto", "nesterov"]) -> Method:
+  """``auto_nag(method=method)`` given gradients only, as Flax's ``TrainState`` calls it."""
+  return Method(
+    name, lambda d, lr: nag_optax.auto_nag(method=method, rtol=None), pass_extra_args=False
+  )
 
 
 METHODS = (
-  methods.Method(DEFAULT_VALUE, **_value_path(lambda: nag_optax.auto_nag(rtol=None))),
-  methods.Method(DEFAULT_GRAD, **_gradient_path(lambda: nag_optax.auto_nag(rtol=None))),
-  methods.Method(
-    NESTEROV_VALUE, **_value_path(lambda: nag_optax.auto_nag(method="nesterov", rtol=None))
-  ),
-  methods.Method(
-    NESTEROV_GRAD, **_gradient_path(lambda: nag_optax.auto_nag(method="nesterov", rtol=None))
-  ),
-  methods.lbfgs(),
-  methods.lbfgs(memory_size=1),
+  _with_value(DEFAULT_VALUE, "auto"),
+  _gradient_only(DEFAULT_GRAD, "auto"),
+  _with_value(NESTEROV_VALUE, "nesterov"),
+  _gradient_only(NESTEROV_GRAD, "nesterov"),
+  driver.lbfgs(),
+  driver.lbfgs(memory_size=1),
 )
 
 
-def _geometric_mean(xs) -> float:
-  return float(np.exp(np.mean(np.log(xs)))) if xs else float("nan")
-
-
-def run(mode: str, progress) -> report.SuiteResult:
-  start = time.perf_counter()
-  with jax.enable_x64(True):
-    qs = problems(mode)
-    progress.total = (progress.total or 0) + len(qs) * len(METHODS)
-    progress.refresh()
-    compiled, compile_time, results = {}, {}, []
-    for q in qs:
-      fun = q.fun
-      grad = jax.grad(fun)
-
-      def objective(d, fun=fun, grad=grad):
-        initial = optax.tree.norm(grad(d["x0"]))
-        return fun, lambda x: optax.tree.norm(grad(x)) / initial
-
-      d = dict(x0=q.x0, tol=TOL, max_steps=CAP, record_every=RECORD_EVERY)
-      runs = []
-      for m in METHODS:
-        progress.set_postfix_str(f"{q.label}: {m.name[:28]}")
-        runs.append(
-          methods.run(
-            m,
-            methods.solver(m, objective),
-            d,
-            RECORD_EVERY,
-            compiled,
-            compile_time,
-            key=(m.name, q.label),
-          )
-        )
-        progress.update(1)
-      results.append(
-        report.ProblemResult(
-          name=q.name, label=q.label, cap=CAP, runs=runs, info=dict(convex=q.convex)
-        )
-      )
-
+def _ratio_table(results: list[report.ProblemResult]) -> str:
+  """The default's iterations against the Nesterov method's, per problem and per kind."""
   lines = [
     "| problem | kind | default with value | Nesterov with value | ratio | default "
     "gradient-only | Nesterov gradient-only | ratio |",
@@ -268,28 +237,47 @@ def run(mode: str, progress) -> report.SuiteResult:
   for p in results:
     by = {r.method: r for r in p.runs}
     cells = []
-    for path, new, old in (
+    for path, default, nesterov in (
       ("value", DEFAULT_VALUE, NESTEROV_VALUE),
       ("grad", DEFAULT_GRAD, NESTEROV_GRAD),
     ):
-      a, b = by[new], by[old]
-      ratio = a.steps / b.steps if (a.reached and b.reached) else None
+      ratio = driver.ratio(by[default], by[nesterov])
       if ratio is not None:
         ratios[(p.info["convex"], path)].append(ratio)
       cells += [
-        f"{a.steps:,}" if a.reached else "-",
-        f"{b.steps:,}" if b.reached else "-",
-        "-" if ratio is None else f"{ratio:.2f}",
+        driver.iterations_cell(by[default]),
+        driver.iterations_cell(by[nesterov]),
+        driver.ratio_cell(ratio),
       ]
     kind = "convex" if p.info["convex"] else "non-convex"
     lines.append(f"| {p.label} | {kind} | " + " | ".join(cells) + " |")
   for convex in (True, False):
     kind = "convex" if convex else "non-convex"
     lines.append(
-      f"| geometric mean | {kind} | | | {_geometric_mean(ratios[(convex, 'value')]):.2f} | | | "
-      f"{_geometric_mean(ratios[(convex, 'grad')]):.2f} |"
+      f"| geometric mean | {kind} | | | {driver.geometric_mean(ratios[(convex, 'value')]):.2f} "
+      f"| | | {driver.geometric_mean(ratios[(convex, 'grad')]):.2f} |"
     )
-  ratio_table = "\n".join(lines)
+  return "\n".join(lines)
+
+
+def run(mode: str, progress: report.Progress) -> report.SuiteResult:
+  start = time.perf_counter()
+  with jax.enable_x64(True):
+    qs = problems(mode)
+    report.add_runs(progress, len(qs) * len(METHODS))
+    compiled = driver.Compiled()
+    results = []
+    for q in qs:
+      objective = lambda d, fun=q.fun: (fun, driver.relative_gradient_norm(fun, d["x0"]))
+      d = dict(x0=q.x0, tol=TOL, max_steps=CAP, record_every=RECORD_EVERY)
+      runs = driver.run_problem(
+        METHODS, objective, d, RECORD_EVERY, compiled, progress, label=q.label, key=q.label
+      )
+      results.append(
+        report.ProblemResult(
+          name=q.name, label=q.label, cap=CAP, runs=runs, info=dict(convex=q.convex)
+        )
+      )
 
   description = f"""
 Problems none of `auto_nag()`'s defaults was chosen on (the default's float64 method was chosen
@@ -299,25 +287,24 @@ factorisation, three small MLPs (softplus, tanh, GELU) on scikit-learn data, 10-
 a separable quartic (definitions: `benchmarks/fullbatch.py`). Every method runs through the
 shared driver until ||grad f(x_k)|| <= {TOL:g} ||grad f(x_0)|| (cap {CAP:,}); `auto_nag` with
 `value` and `value_fn` each step (as `nag_optax.minimize` passes them) and gradient-only; the
-Nesterov method (`method="nesterov"`, the previous default and the float32 default) on the same
-two paths; `optax.lbfgs()` with its line search, and with one curvature pair.
+Nesterov method (`method="nesterov"`, the float32 default) on the same two paths;
+`optax.lbfgs()` with its line search, and with one curvature pair.
 
 The default's iterations against the Nesterov method's (ratio below 1: the default is faster):
 
-{ratio_table}
+{_ratio_table(results)}
 """
   notes = []
   if mode != "full":
     notes.append("Quick mode: two convex and two non-convex problems (full mode: 5 + 6).")
-  return report.SuiteResult(
-    name="fullbatch",
-    title="Full-batch problems no default was chosen on",
-    description=description,
-    metric_label="||grad f(x_k)|| / ||grad f(x_0)||",
-    tol=TOL,
-    mode=mode,
-    problems=results,
-    notes=notes,
-    compile_time_s=compile_time,
-    total_time_s=time.perf_counter() - start,
+  return driver.suite_result(
+    "fullbatch",
+    "Full-batch problems no default was chosen on",
+    description,
+    "||grad f(x_k)|| / ||grad f(x_0)||",
+    mode,
+    results,
+    notes,
+    compiled,
+    start,
   )

@@ -8,7 +8,7 @@ breast_cancer (binary, 569 x 30) and digits (10-class softmax, 1797 x 64), featu
 Every method runs until ||grad f(x_k)|| <= 1e-6 ||grad f(x_0)||, cap 20,000 iterations.
 nag_optax's ``auto_nag`` runs through ``nag_optax.minimize`` (its own stopping signal, rtol 1e-6,
 must be what stopped it) and gradient-only through the shared driver; the peers run through
-``loop.run_to_target`` (L-BFGS the way it is meant to, sgd + backtracking and jaxopt's FISTA with
+``driver.run_to_target`` (L-BFGS the way it is meant to, sgd + backtracking and jaxopt's FISTA with
 their own evaluation counts). The data and lambda are traced, so the two lambdas of a data set
 share one compilation per method; a learning-rate grid is one `lax.map` call.
 """
@@ -16,6 +16,9 @@ share one compilation per method; a learning-rate grid is one `lax.map` call.
 import dataclasses
 import math
 import time
+from typing import Any
+from typing import Callable
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -23,23 +26,26 @@ import numpy as np
 import optax
 
 import nag_optax
-from benchmarks import loop
-from benchmarks import methods
+from benchmarks import driver
 from benchmarks import report
+from benchmarks.methods import Method
 from problems import quadratics
 
-TOL = 1e-6
+TOL = driver.TOL
 CAP = 20_000
 LAMBDAS = (1e-2, 1e-4)
 DATASETS = ("breast_cancer", "digits")
-RECORD_EVERY = max(1, math.ceil(CAP / loop.HISTORY_SIZE))
+RECORD_EVERY = driver.record_every(CAP)
 
-# Half-decade grids around the best learning rates of earlier reference runs (sgd 3.0 and 10.0).
+# Half-decade grids that bracket the best rates (sgd-nesterov: 3 and 10, adam: 0.1 to 1).
 SGD_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
 ADAM_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
 
 MINIMIZE_NAME = "nag_optax.minimize(auto_nag(rtol=1e-6))"
-LBFGS_NAME = methods.lbfgs().name
+GRADIENT_ONLY_NAME = "nag_optax.auto_nag() gradient-only (no extra args)"
+LBFGS_NAME = driver.lbfgs().name
+# L-BFGS with the memory of a first-order method: one curvature pair (with the point and the
+# gradient, four parameter-sized buffers; auto_nag's float64 method keeps three) and three pairs.
 LBFGS_SMALL_MEMORY = (1, 3)
 
 
@@ -100,7 +106,7 @@ def problem_data(q: Problem) -> dict:
   )
 
 
-def lower_bound_at_solution(q: "Problem", iterations: int = 400) -> dict:
+def lower_bound_at_solution(q: Problem, iterations: int = 400) -> dict:
   """Condition number of the Hessian at the solution and the first-order lower bound it implies.
 
   The solution is ``optax.lbfgs()`` run for ``iterations`` steps (one jitted scan; it reaches
@@ -145,19 +151,16 @@ def loss(w, d):
 
 def _objective(d):
   fun = lambda w: loss(w, d)
-  grad = jax.grad(fun)
-  initial = jnp.linalg.norm(grad(d["x0"]))
-  metric = lambda w: jnp.linalg.norm(grad(w)) / initial
-  return fun, metric
+  return fun, driver.relative_gradient_norm(fun, d["x0"])
 
 
 # ---------------------------------------------------------------------------------------------
-# Solvers of their own: solve(d, learning_rate) -> loop.RunResult, each traced once per data-set
-# shape (the Optax methods run through methods.solver, the shared driver).
+# Solvers of their own: solve(d, learning_rate) -> driver.RunResult, each traced once per data-set
+# shape (the Optax methods run through driver.solver, the shared driver).
 
 
-# optax's default max_learning_rate = 1 caps the step below 1/L on these problems (then it needs
-# 677-718 iterations at lambda 1e-2 and misses the cap at 1e-4); raised.
+# optax's default max_learning_rate = 1 keeps the step below 1/L on these problems, so that the
+# line search could never find the step a well-tuned method takes; raised.
 BACKTRACKING_MAX_LR = 1e3
 
 
@@ -182,7 +185,7 @@ def _backtracking_solver(d, learning_rate):
     return optax.apply_updates(w, updates), state, trials
 
   carry = (d["x0"], opt.init(d["x0"]), jnp.asarray(0, jnp.int32))
-  (_, _, trials), result = loop.iterate_to_target(
+  (_, _, trials), result = driver.iterate_to_target(
     step, carry, lambda c: metric(c[0]), tol=TOL, max_steps=CAP, record_every=RECORD_EVERY
   )
   return result._replace(
@@ -222,20 +225,25 @@ def _fista_solver(d, learning_rate):
     return w, state, trials + 1 + jnp.maximum(extra, 0).astype(jnp.int32)
 
   carry = (d["x0"], solver.init_state(d["x0"], None), jnp.asarray(0, jnp.int32))
-  (_, _, trials), result = loop.iterate_to_target(
+  (_, _, trials), result = driver.iterate_to_target(
     step, carry, lambda c: metric(c[0]), tol=TOL, max_steps=CAP, record_every=RECORD_EVERY
   )
   return result._replace(grad_evals=result.steps, function_evals=trials)
 
 
-def _minimize_solver(callback=None):
+def _minimize_solver(callback: Optional[Callable[[Any, Any, Any], Any]] = None):
   """``nag_optax.minimize(loss, x0, auto_nag(rtol=1e-6))``: the library's own solver loop and
   stopping signal. Returns (Solution, ||grad f(x0)||)."""
 
   def solve(d):
-    kwargs = dict(callback=callback, callback_every=RECORD_EVERY) if callback else {}
     sol = nag_optax.minimize(
-      loss, d["x0"], nag_optax.auto_nag(rtol=TOL), max_steps=CAP, args=(d,), **kwargs
+      loss,
+      d["x0"],
+      nag_optax.auto_nag(rtol=TOL),
+      max_steps=CAP,
+      args=(d,),
+      callback=callback,
+      callback_every=RECORD_EVERY,
     )
     initial = jnp.linalg.norm(jax.grad(loss)(d["x0"], d))
     return sol, initial
@@ -245,35 +253,24 @@ def _minimize_solver(callback=None):
 
 # make(d, learning_rate) -> optimizer, run by the shared driver; or a solver of its own.
 METHODS = (
-  methods.Method(
-    "nag_optax.auto_nag() gradient-only (no extra args)",
+  Method(
+    GRADIENT_ONLY_NAME,
     lambda d, lr: nag_optax.auto_nag(rtol=None),
     pass_extra_args=False,
   ),
-  # The previous default (before method="auto"), the Nesterov method: in float64 the default
-  # now runs spectral steps until the loss curves down, which it never does on these problems.
-  methods.Method(
-    'auto_nag(method="nesterov"), previous default, gradient-only',
+  # The Nesterov method (auto_nag's float32 method): in float64 the default runs spectral steps
+  # until the loss curves down, which it never does on these convex problems.
+  Method(
+    'auto_nag(method="nesterov") gradient-only',
     lambda d, lr: nag_optax.auto_nag(method="nesterov", rtol=None),
     pass_extra_args=False,
   ),
-  # The default before schedule="adaptive": FISTA with gradient restart throughout.
-  methods.Method(
-    'auto_nag(method="nesterov", schedule="convex"), gradient-only',
-    lambda d, lr: nag_optax.auto_nag(method="nesterov", schedule="convex", rtol=None),
-    pass_extra_args=False,
-  ),
-  *methods.tuned_baselines(SGD_GRID, ADAM_GRID),
-  methods.lbfgs(),
-  # L-BFGS with the memory of a first-order method: one curvature pair (x, g, s, y: four
-  # parameter-sized buffers, the state budget of the full-batch issue) and three pairs. They
-  # show what the "1.5x optax.lbfgs()" goal asks of few buffers.
-  *(methods.lbfgs(memory_size=m) for m in LBFGS_SMALL_MEMORY),
-  methods.Method(
-    "sgd(1) + scale_by_backtracking_linesearch", needs="f values", solve=_backtracking_solver
-  ),
-  methods.Method("optax.contrib.prodigy()", lambda d, lr: optax.contrib.prodigy()),
-  methods.Method(
+  *driver.tuned_baselines(SGD_GRID, ADAM_GRID),
+  driver.lbfgs(),
+  *(driver.lbfgs(memory_size=m) for m in LBFGS_SMALL_MEMORY),
+  Method("sgd(1) + scale_by_backtracking_linesearch", needs="f values", solve=_backtracking_solver),
+  Method("optax.contrib.prodigy()", lambda d, lr: optax.contrib.prodigy()),
+  Method(
     "jaxopt FISTA + backtracking (ProximalGradient, prox_none)",
     needs="f values",
     solve=_fista_solver,
@@ -281,12 +278,11 @@ METHODS = (
 )
 
 
-def _run_minimize(d, compiled, compile_time, key):
+def _run_minimize(d: dict, compiled: driver.Compiled, key: Any) -> tuple:
   """The minimize row: timed without a callback; the plot's history from a second run that
   records ||grad|| every RECORD_EVERY steps through minimize's callback."""
-  if key not in compiled:
-    compiled[key], compile_time[MINIMIZE_NAME] = loop.compile_timed(_minimize_solver(), d)
-  (sol, initial), seconds = loop.call_timed(compiled[key], d)
+  program = compiled.get(key, MINIMIZE_NAME, _minimize_solver(), d)
+  (sol, initial), seconds = driver.call_timed(program, d)
   recorded = {}
   history_fn = jax.jit(
     _minimize_solver(
@@ -304,7 +300,7 @@ def _run_minimize(d, compiled, compile_time, key):
     int(c) for _, c in optax.tree_utils.tree_get_all_with_path(sol.state, "function_evals")
   )
   steps = int(sol.steps)
-  result = loop.RunResult(
+  result = driver.RunResult(
     steps=steps,
     reached=(reason == nag_optax.StopReason.RTOL) and metric <= TOL,
     diverged=not math.isfinite(metric),
@@ -316,50 +312,67 @@ def _run_minimize(d, compiled, compile_time, key):
   return result, seconds, reason
 
 
-def run(mode: str, progress) -> report.SuiteResult:
+def _ratio_table(results: list[report.ProblemResult]) -> str:
+  """The nag_optax rows' iterations against optax.lbfgs()'s, with L-BFGS at small memory and the
+  lower bound at the solution."""
+  lines = [
+    "| problem | minimize(auto_nag) | auto_nag gradient-only | optax.lbfgs | "
+    "ratio (minimize) | ratio (gradient-only) | lbfgs, 1 pair (grad evals) | "
+    "lbfgs, 3 pairs (grad evals) | kappa at w* | N_LB at w* |",
+    "|---|---|---|---|---|---|---|---|---|---|",
+  ]
+  cell = driver.iterations_cell
+  with_evals = lambda r: f"{r.steps:,} ({r.grad_evals:,})" if r.reached else "-"
+  for p in results:
+    by = {r.method: r for r in p.runs}
+    a, g, l = by[MINIMIZE_NAME], by[GRADIENT_ONLY_NAME], by[LBFGS_NAME]
+    small = " | ".join(with_evals(by[driver.lbfgs(m).name]) for m in LBFGS_SMALL_MEMORY)
+    lines.append(
+      f"| {p.label} | {cell(a)} | {cell(g)} | {cell(l)} | "
+      f"{driver.ratio_cell(driver.ratio(a, l))} | {driver.ratio_cell(driver.ratio(g, l))} | "
+      f"{small} | {p.info['kappa_at_solution']:,.0f} | {p.info['lower_bound_at_solution']:,} |"
+    )
+  return "\n".join(lines)
+
+
+def run(mode: str, progress: report.Progress) -> report.SuiteResult:
   start = time.perf_counter()
   qs = problems(mode)
-  progress.total = (progress.total or 0) + len(qs) * (len(METHODS) + 1)
-  progress.refresh()
-  compiled, compile_time, results, notes = {}, {}, [], []
+  report.add_runs(progress, len(qs) * (len(METHODS) + 1))
+  compiled = driver.Compiled()
+  results, notes = [], []
   for q in qs:
     d = problem_data(q)
-    runs = []
-
     progress.set_postfix_str(f"{q.label}: minimize(auto_nag)")
-    result, seconds, reason = _run_minimize(d, compiled, compile_time, (MINIMIZE_NAME, q.dataset))
-    minimize_run = methods.method_run(
-      MINIMIZE_NAME, "—", result, seconds, RECORD_EVERY, extra=dict(stop_reason=reason.name)
-    )
-    runs.append(minimize_run)
+    result, seconds, reason = _run_minimize(d, compiled, (MINIMIZE_NAME, q.dataset))
+    runs = [
+      driver.method_run(
+        MINIMIZE_NAME, "—", result, seconds, RECORD_EVERY, extra=dict(stop_reason=reason.name)
+      )
+    ]
     if reason != nag_optax.StopReason.RTOL:
       notes.append(f"{q.label}: minimize(auto_nag) stopped with {reason.name}, not RTOL.")
     progress.update(1)
-
-    for m in METHODS:
-      progress.set_postfix_str(f"{q.label}: {m.name[:28]}")
-      # A grid is one lax.map, not a vmap: each learning rate stops at its own target (under
-      # vmap every lane would run as long as the slowest, up to the cap).
-      runs.append(
-        methods.run(
-          m,
-          methods.solver(m, _objective),
-          d,
-          RECORD_EVERY,
-          compiled,
-          compile_time,
-          key=(m.name, q.dataset),
-          lanes="map",
-        )
-      )
-      progress.update(1)
-
+    # A grid is one lax.map, not a vmap: each learning rate stops at its own target (under vmap
+    # every lane would run as long as the slowest, up to the cap).
+    runs += driver.run_problem(
+      METHODS,
+      _objective,
+      d,
+      RECORD_EVERY,
+      compiled,
+      progress,
+      label=q.label,
+      key=q.dataset,
+      lanes="map",
+    )
     # nag_optax rows: iterations / optax.lbfgs iterations, in the note column.
     lbfgs = next(r for r in runs if r.method == LBFGS_NAME)
     for r in runs:
-      if r.method.startswith("nag_optax") and r.reached and lbfgs.reached:
-        r.note = f"{r.steps / lbfgs.steps:.2f}x lbfgs iters"
-        r.extra["ratio_to_lbfgs_iterations"] = r.steps / lbfgs.steps
+      to_lbfgs = driver.ratio(r, lbfgs)
+      if r.method.startswith("nag_optax") and to_lbfgs is not None:
+        r.note = f"{to_lbfgs:.2f}x lbfgs iters"
+        r.extra["ratio_to_lbfgs_iterations"] = to_lbfgs
     results.append(
       report.ProblemResult(
         name=q.name,
@@ -376,25 +389,6 @@ def run(mode: str, progress) -> report.SuiteResult:
         ),
       )
     )
-
-  ratio_lines = [
-    "| problem | minimize(auto_nag) | auto_nag gradient-only | optax.lbfgs | "
-    "ratio (minimize) | ratio (gradient-only) | lbfgs, 1 pair (grad evals) | "
-    "lbfgs, 3 pairs (grad evals) | kappa at w* | N_LB at w* |",
-    "|---|---|---|---|---|---|---|---|---|---|",
-  ]
-  with_evals = lambda r: f"{r.steps:,} ({r.grad_evals:,})" if r.reached else "-"
-  cell = lambda r: f"{r.steps:,}" if r.reached else "-"
-  ratio = lambda r, l: f"{r.steps / l.steps:.2f}" if (r.reached and l.reached) else "-"
-  for p in results:
-    by = {r.method: r for r in p.runs}
-    a, g, l = by[MINIMIZE_NAME], by[METHODS[0].name], by[LBFGS_NAME]
-    small = " | ".join(with_evals(by[methods.lbfgs(m).name]) for m in LBFGS_SMALL_MEMORY)
-    ratio_lines.append(
-      f"| {p.label} | {cell(a)} | {cell(g)} | {cell(l)} | {ratio(a, l)} | {ratio(g, l)} | "
-      f"{small} | {p.info['kappa_at_solution']:,.0f} | {p.info['lower_bound_at_solution']:,} |"
-    )
-  ratio_table = "\n".join(ratio_lines)
 
   description = f"""
 f(w) = mean_i logloss(x_i^T w, y_i) + lambda/2 ||w||^2 on scikit-learn `breast_cancer` (binary
@@ -424,19 +418,18 @@ the point and gradient, four parameter-sized buffers, auto_nag's float64 method 
 `memory_size=3` three (eight buffers); their iterations (and gradient evaluations, line search
 included) are in the table's last L-BFGS columns.
 
-{ratio_table}
+{_ratio_table(results)}
 """
   if mode != "full":
     notes.append("Quick mode: lambda 1e-2 only (full mode adds lambda 1e-4).")
-  return report.SuiteResult(
-    name="logistic",
-    title="L2-regularised logistic regression",
-    description=description,
-    metric_label="||grad f(x_k)|| / ||grad f(x_0)||",
-    tol=TOL,
-    mode=mode,
-    problems=results,
-    notes=notes,
-    compile_time_s=compile_time,
-    total_time_s=time.perf_counter() - start,
+  return driver.suite_result(
+    "logistic",
+    "L2-regularised logistic regression",
+    description,
+    "||grad f(x_k)|| / ||grad f(x_0)||",
+    mode,
+    results,
+    notes,
+    compiled,
+    start,
   )

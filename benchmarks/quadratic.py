@@ -13,20 +13,19 @@ import jax.numpy as jnp
 import optax
 
 import nag_optax
-from benchmarks import loop
-from benchmarks import methods
+from benchmarks import driver
 from benchmarks import report
+from benchmarks.methods import Method
 from problems import quadratics
 
-TOL = 1e-6
+TOL = driver.TOL
 DIM = 300
 CAP = 50_000
 SEED = 0
-PLOT_HORIZON = 40
+PLOT_HORIZON = 40  # the plots show at most this many times N_LB iterations
 
-# Decade grids, as a user who does not know L would try them.
-# A grid in units of 1/L would do better for sgd: momentum-0.9 Nesterov is stable up to
-# lr L < 2(1+b)/(1+2b) = 1.36, and lr = 1.3/L needs 9,016 iterations at kappa 1e4 vs 11,750.
+# Decade grids, as a user who does not know L would try them (a grid in units of 1/L would favour
+# sgd-nesterov, which is stable up to lr L < 2(1+b)/(1+2b) = 1.36 with momentum b = 0.9).
 SGD_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 ADAM_GRID = (1e-3, 1e-2, 1e-1, 1.0)
 
@@ -50,13 +49,13 @@ def _best_nesterov(p, lr):
 
 
 METHODS = (
-  methods.Method("heavy ball, optimal a and b", _heavy_ball, needs="L and mu"),
-  methods.Method(
+  Method("heavy ball, optimal a and b", _heavy_ball, needs="L and mu"),
+  Method(
     "Nesterov, best fixed step 4/(3L+mu) and momentum (Lessard, Recht & Packard)",
     _best_nesterov,
     needs="L and mu",
   ),
-  methods.Method(
+  Method(
     "Nesterov, step 1/L, momentum q (nag_optax.nag strongly_convex)",
     lambda p, lr: nag_optax.nag(
       1.0 / p["lipschitz"],
@@ -65,43 +64,37 @@ METHODS = (
     ),
     needs="L and mu",
   ),
-  methods.Method(
+  Method(
     "nag_optax.nag convex schedule + gradient restart, step 1/L",
     lambda p, lr: nag_optax.nag(1.0 / p["lipschitz"], schedule="convex", restart="gradient"),
     needs="L",
   ),
-  *methods.tuned_baselines(SGD_GRID, ADAM_GRID),
-  methods.lbfgs(),
-  methods.Method(
+  *driver.tuned_baselines(SGD_GRID, ADAM_GRID),
+  driver.lbfgs(),
+  Method(
     "optax.polyak_sgd, f* = 0",
     lambda p, lr: optax.polyak_sgd(f_min=0.0),
     needs="f and f*",
     uses_value=True,
   ),
-  methods.Method("optax.contrib.prodigy()", lambda p, lr: optax.contrib.prodigy()),
+  Method("optax.contrib.prodigy()", lambda p, lr: optax.contrib.prodigy()),
   # The stopping signal is switched off (rtol=None): the suite's own target is the distance.
-  methods.Method(
+  Method(
     "nag_optax.auto_nag() (value, value_fn passed)",
     lambda p, lr: nag_optax.auto_nag(rtol=None),
     uses_value=True,
     count_value=False,
   ),
-  methods.Method(
+  Method(
     "nag_optax.auto_nag() gradient-only (no extra args)",
     lambda p, lr: nag_optax.auto_nag(rtol=None),
     pass_extra_args=False,
   ),
-  # The previous default (before method="auto"), the Nesterov method: in float64 the default
-  # now runs spectral steps until the loss curves down, which it never does on these problems.
-  methods.Method(
-    'auto_nag(method="nesterov"), previous default, gradient-only',
+  # The Nesterov method (auto_nag's float32 method): in float64 the default runs spectral steps
+  # until the loss curves down, which it never does on these convex problems.
+  Method(
+    'auto_nag(method="nesterov") gradient-only',
     lambda p, lr: nag_optax.auto_nag(method="nesterov", rtol=None),
-    pass_extra_args=False,
-  ),
-  # The default before schedule="adaptive": FISTA with gradient restart throughout.
-  methods.Method(
-    'auto_nag(method="nesterov", schedule="convex"), gradient-only',
-    lambda p, lr: nag_optax.auto_nag(method="nesterov", schedule="convex", rtol=None),
     pass_extra_args=False,
   ),
 )
@@ -128,10 +121,7 @@ def _data(q: quadratics.Quadratic) -> dict:
     strong_convexity=jnp.asarray(q.strong_convexity),
     tol=jnp.asarray(TOL),
     max_steps=jnp.asarray(CAP, jnp.int32),
-    # The plots show at most PLOT_HORIZON * N_LB iterations; record just enough to fill them.
-    record_every=jnp.asarray(
-      max(1, math.ceil(min(CAP, PLOT_HORIZON * bound) / loop.HISTORY_SIZE)), jnp.int32
-    ),
+    record_every=jnp.asarray(driver.record_every(min(CAP, PLOT_HORIZON * bound)), jnp.int32),
   )
 
 
@@ -145,7 +135,7 @@ def _objective(p):
   return fun, distance
 
 
-def conjugate_gradient(p) -> loop.RunResult:
+def conjugate_gradient(p) -> driver.RunResult:
   """Textbook CG on A x = A x*, one matrix-vector product per iteration."""
   _, distance = _objective(p)
   a = p["matrix"]
@@ -161,7 +151,7 @@ def conjugate_gradient(p) -> loop.RunResult:
     return x, r, r + (rr_next / rr) * direction, rr_next
 
   carry = (p["x0"], residual, residual, jnp.dot(residual, residual))
-  _, result = loop.iterate_to_target(
+  _, result = driver.iterate_to_target(
     step,
     carry,
     lambda c: distance(c[0]),
@@ -173,43 +163,29 @@ def conjugate_gradient(p) -> loop.RunResult:
   return result._replace(grad_evals=products, function_evals=jnp.zeros_like(products))
 
 
-def run(mode: str, progress) -> report.SuiteResult:
+def run(mode: str, progress: report.Progress) -> report.SuiteResult:
   start = time.perf_counter()
   qs = problems(mode)
-  ms = [m for m in METHODS if m.available]
-  progress.total = (progress.total or 0) + len(qs) * (len(ms) + 1)
-  progress.refresh()
-  compiled, compile_time = {}, {}
+  report.add_runs(progress, len(qs) * (len(METHODS) + 1))
+  compiled = driver.Compiled()
   results = []
   for q in qs:
     p = _data(q)
     every = int(p["record_every"])
-    bound = q.lower_bound_iterations(TOL)
-    runs = []
-
     progress.set_postfix_str(f"{q.name}: CG")
-    if CG_NAME not in compiled:
-      compiled[CG_NAME], compile_time[CG_NAME] = loop.compile_timed(conjugate_gradient, p)
-    out, seconds = loop.call_timed(compiled[CG_NAME], p)
-    runs.append(methods.method_run(CG_NAME, "—", out, seconds, every))
+    cg = compiled.get(CG_NAME, CG_NAME, conjugate_gradient, p)
+    out, seconds = driver.call_timed(cg, p)
     progress.update(1)
-
-    for m in ms:
-      progress.set_postfix_str(f"{q.name}: {m.name[:28]}")
-      # A grid is one vmapped call: on these problems every lane runs about as long.
-      runs.append(
-        methods.run(
-          m, methods.solver(m, _objective), p, every, compiled, compile_time, lanes="vmap"
-        )
-      )
-      progress.update(1)
+    runs = [driver.method_run(CG_NAME, "—", out, seconds, every)]
+    # A grid is one vmapped call: on these problems every lane runs about as long.
+    runs += driver.run_problem(METHODS, _objective, p, every, compiled, progress, label=q.name)
     results.append(
       report.ProblemResult(
         name=q.name,
         label=f"{q.name.split()[0]}, kappa 1e{round(math.log10(q.condition_number))}",
         cap=CAP,
         runs=runs,
-        bound=bound,
+        bound=q.lower_bound_iterations(TOL),
         bound_rate=q.q,
         info=dict(
           dim=q.dim,
@@ -234,15 +210,14 @@ sgd-nesterov lr grid {SGD_GRID}; adam lr grid {ADAM_GRID}.
   notes = []
   if mode != "full":
     notes.append("Quick mode: log spectrum only (full mode adds the linear spectrum).")
-  return report.SuiteResult(
-    name="quadratic",
-    title="Quadratics, n = 300",
-    description=description,
-    metric_label="||x_k - x*|| / ||x_0 - x*||",
-    tol=TOL,
-    mode=mode,
-    problems=results,
-    notes=notes,
-    compile_time_s=compile_time,
-    total_time_s=time.perf_counter() - start,
+  return driver.suite_result(
+    "quadratic",
+    "Quadratics, n = 300",
+    description,
+    "||x_k - x*|| / ||x_0 - x*||",
+    mode,
+    results,
+    notes,
+    compiled,
+    start,
   )

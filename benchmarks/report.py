@@ -7,12 +7,35 @@ import os
 from typing import Any
 from typing import Callable
 from typing import Optional
+from typing import Protocol
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+
+
+class Ticker(Protocol):
+  """What a running part of a suite reports: what it runs now, and each run done."""
+
+  def set_postfix_str(self, s: str) -> Any: ...
+
+  def update(self, n: int) -> Any: ...
+
+
+class Progress(Ticker, Protocol):
+  """The part of a ``tqdm`` bar a suite uses: it adds its runs to ``total`` and ticks them off."""
+
+  total: Optional[float]
+
+  def refresh(self) -> Any: ...
+
+
+def add_runs(progress: Progress, runs: int) -> None:
+  """Adds a suite's ``runs`` to the progress bar's total."""
+  progress.total = (progress.total or 0) + runs
+  progress.refresh()
 
 
 @dataclasses.dataclass
@@ -84,7 +107,7 @@ def _number(x: Optional[float], spec: str) -> str:
 
 
 def _cell(run: MethodRun, bound: Optional[int]) -> str:
-  if not run.reached:
+  if not run.reached or run.steps is None:
     return "-"
   text = _count(run.steps)
   if bound:
@@ -124,7 +147,9 @@ def detail_table(problem: ProblemResult) -> str:
     "|---|---|---|---|---|---|---|---|",
   ]
   for r in problem.runs:
-    ratio = f"{r.steps / problem.bound:.2f}" if (r.reached and problem.bound) else "-"
+    ratio = "-"
+    if r.reached and r.steps is not None and problem.bound:
+      ratio = f"{r.steps / problem.bound:.2f}"
     lines.append(
       f"| {r.method} | {_count(r.iterations)} | {ratio} | {_count(r.grad_evals)} | "
       f"{_count(r.function_evals)} | {_number(r.wall_time_s, '.3f')} | "

@@ -29,8 +29,8 @@ import numpy as np
 import optax
 
 import nag_optax
-from benchmarks import methods
 from benchmarks import report
+from benchmarks.methods import Method
 
 LAYERS = ((2048, 4096), (4096, 2048))
 DTYPE = jnp.float32
@@ -45,19 +45,17 @@ DONATE_ARGNUMS = (0, 1)  # params and optimizer state, as a training step donate
 # make() -> optimizer; uses_value: the step passes value, grad and value_fn, as the optimizer's
 # users do (nag_optax.minimize, Flax NNX's optimizer.update(model, grads, value=loss)).
 METHODS = (
-  methods.Method(BASELINE, lambda: optax.sgd(0.1, 0.9, nesterov=True)),
-  methods.Method("optax.adam(1e-3)", lambda: optax.adam(1e-3)),
-  methods.Method("optax.nadamw(1e-3)", lambda: optax.nadamw(1e-3)),
-  methods.Method("optax.contrib.prodigy()", optax.contrib.prodigy),
-  methods.Method("optax.contrib.schedule_free_adamw()", optax.contrib.schedule_free_adamw),
-  methods.Method("nag_optax.nag(0.1)", lambda: nag_optax.nag(0.1)),
-  methods.Method(
-    "nag_optax.auto_nag() with value, grad, value_fn", nag_optax.auto_nag, uses_value=True
-  ),
-  methods.Method("nag_optax.auto_nag() gradient-only", nag_optax.auto_nag),
-  methods.Method("nag_optax.auto_nag_sgd() with value", nag_optax.auto_nag_sgd, uses_value=True),
-  methods.Method("nag_optax.auto_nadamw() with value", nag_optax.auto_nadamw, uses_value=True),
-  methods.Method("optax.lbfgs() (zoom line search)", optax.lbfgs, uses_value=True),
+  Method(BASELINE, lambda: optax.sgd(0.1, 0.9, nesterov=True)),
+  Method("optax.adam(1e-3)", lambda: optax.adam(1e-3)),
+  Method("optax.nadamw(1e-3)", lambda: optax.nadamw(1e-3)),
+  Method("optax.contrib.prodigy()", optax.contrib.prodigy),
+  Method("optax.contrib.schedule_free_adamw()", optax.contrib.schedule_free_adamw),
+  Method("nag_optax.nag(0.1)", lambda: nag_optax.nag(0.1)),
+  Method("nag_optax.auto_nag() with value, grad, value_fn", nag_optax.auto_nag, uses_value=True),
+  Method("nag_optax.auto_nag() gradient-only", nag_optax.auto_nag),
+  Method("nag_optax.auto_nag_sgd() with value", nag_optax.auto_nag_sgd, uses_value=True),
+  Method("nag_optax.auto_nadamw() with value", nag_optax.auto_nadamw, uses_value=True),
+  Method("optax.lbfgs() (zoom line search)", optax.lbfgs, uses_value=True),
 )
 
 
@@ -86,7 +84,12 @@ def state_buffers(optimizer, params) -> float:
   return size(jax.eval_shape(optimizer.init, params)) / size(params)
 
 
-def _step_fn(method: methods.Method, optimizer, donate_argnums: tuple = ()):
+def step_fn(
+  method: Method, optimizer: optax.GradientTransformationExtraArgs, donate_argnums: tuple = ()
+):
+  """The jitted step the suite times: ``update`` (passed value, grad and value_fn when the row
+  reads them) and ``apply_updates``; ``(params, state, grad, value) -> (params, state)``."""
+
   def step(params, state, grad, value):
     if method.uses_value:
       updates, state = optimizer.update(grad, state, params, value=value, grad=grad, value_fn=loss)
@@ -128,7 +131,7 @@ def memory_traffic(compiled, params) -> dict:
   )
 
 
-def donated_traffic(method: methods.Method, optimizer, *args: Any) -> dict:
+def donated_traffic(method: Method, optimizer, *args: Any) -> dict:
   """:func:`memory_traffic` of the step compiled with ``donate_argnums=DONATE_ARGNUMS``.
 
   Compiled from abstract shapes only: XLA refuses, at run time, to donate one buffer that a
@@ -138,17 +141,17 @@ def donated_traffic(method: methods.Method, optimizer, *args: Any) -> dict:
   with warnings.catch_warnings():
     # "Some donated buffers were not usable": a state leaf no output can reuse; expected.
     warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
-    compiled = _step_fn(method, optimizer, DONATE_ARGNUMS).lower(*shapes).compile()
+    compiled = step_fn(method, optimizer, DONATE_ARGNUMS).lower(*shapes).compile()
   return memory_traffic(compiled, args[0])
 
 
-def run_steps(method: methods.Method, params, steps: int):
+def run_steps(method: Method, params, steps: int):
   """The params after ``steps`` jitted steps of ``method`` from ``params`` (the suite's step:
   the gradient and value of the start, given)."""
   value, grad = jax.value_and_grad(loss)(params)
-  optimizer = method.make()
+  optimizer = method.build()
   state = optimizer.init(params)
-  step = _step_fn(method, optimizer)
+  step = step_fn(method, optimizer)
   for _ in range(steps):
     params, state = step(params, state, grad, value)
   return params
@@ -161,9 +164,9 @@ def time_methods(rows, reps: int) -> dict:
   value, grad = jax.value_and_grad(loss)(params0)
   live, measured = {}, {}
   for m in rows:
-    optimizer = m.make()
+    optimizer = m.build()
     params, state = params0, optimizer.init(params0)
-    step = _step_fn(m, optimizer)
+    step = step_fn(m, optimizer)
     start = time.perf_counter()
     compiled = step.lower(params, state, grad, value).compile()
     measured[m.name] = dict(
@@ -193,11 +196,10 @@ def time_methods(rows, reps: int) -> dict:
   return measured
 
 
-def run(mode: str, progress) -> report.SuiteResult:
+def run(mode: str, progress: report.Progress) -> report.SuiteResult:
   start = time.perf_counter()
   reps = REPS.get(mode, REPS["quick"])
-  progress.total = (progress.total or 0) + len(METHODS)
-  progress.refresh()
+  report.add_runs(progress, len(METHODS))
   progress.set_postfix_str("step cost")
   measured = time_methods(METHODS, reps)
   progress.update(len(METHODS))
@@ -252,7 +254,7 @@ def run(mode: str, progress) -> report.SuiteResult:
     if all(a["best_s"] / base <= GOAL_RATIO and a["buffers"] <= 3.0 + 1e-3 for a in auto)
     else "misses"
   )
-  x64 = ", float64 enabled by the runner" if jax.config.jax_enable_x64 else ""
+  x64 = ", float64 enabled by the runner" if jax.config.read("jax_enable_x64") else ""
   description = f"""
 {n:,} float32 parameters in {len(jax.tree.leaves(params))} leaves (dense layers
 {" and ".join(f"{a} x {b}" for a, b in LAYERS)} with biases). One jitted

@@ -2,6 +2,8 @@
 where claimed, non-convex where claimed), and the suite's driver and ratio table run. Runs in
 seconds."""
 
+from typing import Optional
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,7 +54,7 @@ def test_convex_problems_have_psd_hessians_and_the_others_do_not_everywhere(prob
 
 def test_a_run_fills_the_ratio_table(problems, monkeypatch):
   class Progress:
-    total = 0
+    total: Optional[float] = 0
 
     def refresh(self):
       pass

@@ -1,5 +1,5 @@
-"""Plumbing of benchmarks/gpu_check.py on the CPU: the comparison, the exit status without a GPU,
-and one check (minimize) run with the CPU in the GPU's place. Runs in seconds."""
+"""Plumbing of the GPU check study on the CPU: the comparison, the exit status without a GPU, and
+one check (minimize) run with the CPU in the GPU's place. Runs in seconds."""
 
 import math
 
@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from benchmarks import gpu_check
+from benchmarks.studies import gpu_check
 
 
 def test_relative_difference_is_normwise_over_the_tree():

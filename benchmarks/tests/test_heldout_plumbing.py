@@ -5,18 +5,18 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from benchmarks import heldout
-from benchmarks import workloads
-from benchmarks import workloads_core as core
+from benchmarks.studies import heldout
+from benchmarks.workloads import data
+from benchmarks.workloads import roster
 
 
 def test_the_held_out_corpus_is_not_the_suites():
   splits = heldout.held_out_corpus_splits()
   low, high = heldout.HELD_OUT_SLICE
-  assert low >= core.CORPUS_CHARS  # the suite trains, validates and tests on the first bytes
+  assert low >= data.CORPUS_CHARS  # the suite trains, validates and tests on the first bytes
   assert sum(len(v) for v in splits.values()) == high - low
   assert len(splits["validation"]) == len(splits["test"]) == (high - low) // 20
-  corpus, _, _ = core.build_corpus(num_chars=high)
+  corpus, _, _ = data.build_corpus(num_chars=high)
   np.testing.assert_array_equal(
     splits["train"][:64], np.frombuffer(corpus[low : low + 64], np.uint8)
   )
@@ -46,7 +46,7 @@ def test_models_map_a_batch_to_class_logits():
 def test_budgets_cover_every_workload_and_evaluate_40_times():
   assert set(heldout.BUDGETS) == set(heldout.HELD_OUT)
   assert all(b % heldout.EVALS == 0 for b in heldout.BUDGETS.values())
-  assert workloads.SELF_TUNING_FACTOR == 1.5
+  assert roster.SELF_TUNING_FACTOR == 1.5
 
 
 def test_render_reads_the_target_from_the_best_baseline():

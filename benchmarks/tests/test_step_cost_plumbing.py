@@ -7,10 +7,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from benchmarks import methods
 from benchmarks import step_cost
+from benchmarks.methods import Method
 
-SGD = methods.Method("sgd-nesterov", lambda: optax.sgd(0.1, 0.9, nesterov=True))
+SGD = Method("sgd-nesterov", lambda: optax.sgd(0.1, 0.9, nesterov=True))
 
 
 def _small_problem():
@@ -21,9 +21,9 @@ def _small_problem():
 
 def _traffic(method):
   params, grad, value = _small_problem()
-  optimizer = method.make()
+  optimizer = method.build()
   state = optimizer.init(params)
-  compiled = step_cost._step_fn(method, optimizer).lower(params, state, grad, value).compile()
+  compiled = step_cost.step_fn(method, optimizer).lower(params, state, grad, value).compile()
   plain = step_cost.memory_traffic(compiled, params)
   donated = step_cost.donated_traffic(method, optimizer, params, state, grad, value)
   return plain, donated
@@ -47,7 +47,7 @@ def test_sgd_nesterov_bytes_ratio_is_one_fused_pass_or_two():
 def test_adam_reads_and_writes_more_than_sgd():
   # Adam's second moment is one more state buffer: one more read and one more write at least.
   assert (
-    _traffic(methods.Method("adam", lambda: optax.adam(1e-3)))[0]["bytes_ratio"]
+    _traffic(Method("adam", lambda: optax.adam(1e-3)))[0]["bytes_ratio"]
     >= _traffic(SGD)[0]["bytes_ratio"] + 2.0 - 1e-6
   )
 

@@ -1,98 +1,21 @@
-"""Plumbing of the workloads suite: AlgoPerf maths on hand-made tables, corpus pinning, the
-lower-bound rule, and a ~10-step training smoke run. Runs in seconds."""
+"""Plumbing of the workloads suite: corpus pinning, the roster, the stopping-signal table, and
+~10-step training smoke runs. Runs in seconds."""
 
 import hashlib
-import math
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from benchmarks import algoperf
-
-INF = math.inf
-
-
-def test_target_is_median_best_of_best_baseline():
-  # Accuracy (higher is better): per-seed bests of A are 0.9, 0.95, 0.8 -> median 0.9;
-  # B's are 0.92, 0.91, 0.5 -> median 0.91; B sets the target.
-  baselines = {
-    "A": [[0.5, 0.9, 0.85], [0.6, 0.95, 0.7], [0.8, 0.7, 0.75]],
-    "B": [[0.92, 0.9, 0.9], [0.91, 0.2, 0.3], [0.5, 0.4, 0.45]],
-  }
-  value, name = algoperf.target(baselines, higher_is_better=True)
-  assert (value, name) == (pytest.approx(0.91), "B")
-  # Loss-like metric (lower is better): A's per-seed minima 0.5, 0.7, 0.7 -> 0.7;
-  # B's 0.9, 0.2, 0.4 -> 0.4.
-  value, name = algoperf.target(baselines, higher_is_better=False)
-  assert (value, name) == (pytest.approx(0.4), "B")
-
-
-def test_target_counts_a_diverged_seed_as_worst():
-  baselines = {"A": [[0.9], [math.nan], [0.8]], "B": [[0.7], [0.7], [0.7]]}
-  # A's median over (0.9, -inf, 0.8) is 0.8, still above B's 0.7.
-  assert algoperf.target(baselines, True) == (pytest.approx(0.8), "A")
-
-
-def test_steps_to_target_and_misses():
-  curve = [0.1, 0.5, 0.97, 0.99]
-  assert algoperf.steps_to_target(curve, 0.97, 25, True) == 75
-  assert algoperf.steps_to_target(curve, 0.995, 25, True) == INF
-  assert algoperf.steps_to_target([3.0, 2.0, 1.5], 2.0, 10, False) == 20
-  assert algoperf.steps_to_target([math.nan, 0.99], 0.9, 5, True) == 10
-  curves = [[0.1, 0.97], [0.97, 0.99], [0.1, 0.2]]  # 50, 25, miss -> median 50
-  assert algoperf.median_steps(curves, 0.97, 25, True) == 50
-  # Two misses out of three -> the median is a miss.
-  assert algoperf.median_steps([[0.1, 0.97], [0.1, 0.1], [0.1, 0.1]], 0.97, 25, True) == INF
-  # A hit beyond the allowed steps is a miss.
-  assert algoperf.median_steps([[0.1, 0.97]], 0.97, 25, True, max_steps=25) == INF
-
-
-def test_ratios_profile_and_score_on_a_hand_made_table():
-  steps = {
-    "fast": {"w1": 100, "w2": 50},
-    "half": {"w1": 200, "w2": 100},
-    "mixed": {"w1": 100, "w2": INF},
-    "never": {"w1": INF, "w2": INF},
-    "slow": {"w1": 500, "w2": 250},
-  }
-  r = algoperf.ratios(steps)
-  assert r["fast"] == {"w1": 1.0, "w2": 1.0}
-  assert r["half"] == {"w1": 2.0, "w2": 2.0}
-  assert r["mixed"] == {"w1": 1.0, "w2": INF}
-  assert algoperf.score(r["fast"]) == pytest.approx(1.0)
-  # rho = 0 on [1, 2), 1 on [2, 4]: area 2 / 3.
-  assert algoperf.score(r["half"]) == pytest.approx(2 / 3)
-  # A miss contributes 0: half the workloads at ratio 1.
-  assert algoperf.score(r["mixed"]) == pytest.approx(0.5)
-  assert algoperf.score(r["never"]) == 0.0
-  assert algoperf.score(r["slow"]) == 0.0  # 5x: beyond tau = 4
-  taus = [1.0, 1.5, 2.0, 4.0]
-  np.testing.assert_allclose(algoperf.profile(r["half"], taus), [0, 0, 1, 1])
-  np.testing.assert_allclose(algoperf.profile(r["mixed"], taus), [0.5, 0.5, 0.5, 0.5])
-  # The exact area agrees with a fine Riemann sum of the profile.
-  grid = np.linspace(1, 4, 30001)
-  for method in steps:
-    riemann = np.trapezoid(algoperf.profile(r[method], grid), grid) / 3
-    assert algoperf.score(r[method]) == pytest.approx(riemann, abs=1e-3)
-
-
-def test_a_workload_nobody_reached_is_a_miss_for_everyone():
-  r = algoperf.ratios({"a": {"w": INF}, "b": {"w": INF}})
-  assert r == {"a": {"w": INF}, "b": {"w": INF}}
-
-
-def test_lr_floor_rule():
-  assert algoperf.lr_at_floor([1e-3, 1e-4, 1e-8])  # final at the 1e-8 floor
-  assert algoperf.lr_at_floor([1e-1] + [1e-9] * 3 + [2e-8] * 4)  # last quarter < 1e-6 x max
-  assert not algoperf.lr_at_floor([1e-3, 1e-2, 5e-3, 1e-3])
-  assert not algoperf.lr_at_floor([1e-3] * 8 + [1e-7])  # last quarter's median still 1e-3
-  assert not algoperf.lr_at_floor([math.nan] * 4)
-
-
-def test_relative_loss():
-  assert algoperf.relative_loss(0.9, 1.0, True) == pytest.approx(0.1)
-  assert algoperf.relative_loss(2.2, 2.0, False) == pytest.approx(0.1)
-  assert algoperf.relative_loss(1.0, 1.0, True) == 0.0
+import nag_optax
+from benchmarks.workloads import algoperf
+from benchmarks.workloads import data
+from benchmarks.workloads import pool
+from benchmarks.workloads import render
+from benchmarks.workloads import roster
+from benchmarks.workloads import trainer
 
 
 def _tiny_stdlib(tmp_path):
@@ -112,49 +35,36 @@ def _tiny_stdlib(tmp_path):
 
 
 def test_corpus_file_list_is_sorted_and_excludes_tests(tmp_path):
-  from benchmarks import workloads_core as core
-
   root = _tiny_stdlib(tmp_path)
-  assert core.stdlib_files(root) == ["a.py", "b.py", "pkg/c.py"]
-  assert core.stdlib_files(root) == core.stdlib_files(root)
+  assert data.stdlib_files(root) == ["a.py", "b.py", "pkg/c.py"]
+  assert data.stdlib_files(root) == data.stdlib_files(root)
 
 
 def test_corpus_sha_is_hashlib_sha_of_the_concatenation(tmp_path):
-  from benchmarks import workloads_core as core
-
   root = _tiny_stdlib(tmp_path)
-  corpus, sha, files = core.build_corpus(root, num_chars=10)
+  corpus, sha, files = data.build_corpus(root, num_chars=10)
   assert corpus == b"a = 1\nb = 2\nc = 3\n"[:10]
   assert sha == hashlib.sha256(b"a = 1\nb = 2\nc = 3\n"[:10]).hexdigest()
   assert files == 2
-  full, _, files = core.build_corpus(root, num_chars=1000)
+  full, _, files = data.build_corpus(root, num_chars=1000)
   assert full == b"a = 1\nb = 2\nc = 3\n" and files == 3
 
 
 def test_real_stdlib_file_list_is_deterministic():
-  from benchmarks import workloads_core as core
-
-  files = core.stdlib_files()
+  files = data.stdlib_files()
   assert files == sorted(files) and files
-  assert not any(part in core.CORPUS_EXCLUDED_DIRS for f in files for part in f.split("/")[:-1])
+  assert not any(part in data.CORPUS_EXCLUDED_DIRS for f in files for part in f.split("/")[:-1])
 
 
 @pytest.mark.parametrize("name", ["digits_mlp", "stdlib_lm"])
 def test_trainer_smoke(name):
-  import jax
-  import jax.numpy as jnp
-  import optax
-
-  import nag_optax
-  from benchmarks import workloads_core as core
-
-  wl = core.WORKLOADS[name]()
+  wl = roster.WORKLOADS[name]()
   _, params = wl.init_params(0)
   blocks, every = 2, 5
   batches = jnp.asarray(wl.batch_indices(0, blocks * every))
   with jax.enable_x64(False):
     train = jax.jit(
-      core.make_trainer(
+      trainer.make_trainer(
         wl,
         lambda lr: nag_optax.stop_when(optax.sgd(lr), patience=3),
         blocks,
@@ -175,65 +85,38 @@ def test_trainer_smoke(name):
 
 
 def test_suite_lists_the_nag_optax_optimizers():
-  import nag_optax
-  from benchmarks import workloads
-
-  names = list(workloads.nag_factories())
-  assert workloads.AUTO_SGD in names and workloads.V01 in names
-  assert (workloads.AUTO_NADAMW in names) == hasattr(nag_optax, "auto_nadamw")
-  assert set(workloads.STOP_CONFIGS) == set(names)
+  names = list(roster.nag_factories())
+  assert names == [roster.AUTO_SGD, roster.AUTO_NADAMW]
+  assert set(roster.STOP_CONFIGS) == set(names)
+  rows = [m.name for m in roster.all_methods() if m.kind == "nag_optax"]
+  assert rows == names
 
 
-def test_results_md_replaces_only_the_sections_that_ran(tmp_path, monkeypatch):
-  from benchmarks import run
+def test_the_tuning_free_factories_are_called_with_keywords_only():
+  def factory(*, learning_rate=1e-6):
+    return optax.sgd(learning_rate)
 
-  path = tmp_path / "RESULTS.md"
-  monkeypatch.setattr(run, "RESULTS_PATH", str(path))
-  order = ["quadratic", "logistic", "workloads"]
-  run.write_results({n: run.section(n, f"## {n}\n\nold {n}", "env", 60) for n in order}, order)
-  before = run.split_sections(path.read_text())
-  assert list(before) == order
-  run.write_results(
-    {"workloads": run.section("workloads", "## workloads\n\nnew", "env", 120)}, order
-  )
-  after = run.split_sections(path.read_text())
-  assert list(after) == order
-  assert after["quadratic"] == before["quadratic"] and after["logistic"] == before["logistic"]
-  assert "new" in after["workloads"] and "old workloads" not in after["workloads"]
-  assert "2.0 min" in after["workloads"]
-  # A section of a suite that is no longer registered is dropped.
-  run.write_results({}, ["quadratic", "workloads"])
-  assert list(run.split_sections(path.read_text())) == ["quadratic", "workloads"]
+  roster.at_defaults(factory)
+  roster.at_defaults(factory, 0.1)
+  for make in roster.long_run_methods().values():
+    make()
 
 
-def test_stop_outcome_judges_the_stop_against_the_unstopped_run():
-  # The stopped run freezes at step 40 (evaluations every 10 steps): its later evaluations repeat
-  # the stopped params. The unstopped run keeps improving and peaks at step 80.
-  stopped = [0.50, 0.70, 0.80, 0.80, 0.80, 0.80, 0.80, 0.80, 0.80]
-  unstopped = [0.50, 0.70, 0.80, 0.82, 0.85, 0.88, 0.90, 0.95, 0.93]
-  out = algoperf.stop_outcome(stopped, 40, unstopped, 10, True)
-  assert out["best_step"] == 80 and out["best_overall"] == 0.95
-  assert out["stop_over_best"] == pytest.approx(0.5)
-  assert out["best_at_stop"] == 0.80
-  assert out["relative_loss"] == pytest.approx(0.15 / 0.95)
-  # Judged against itself (the frozen run) nothing would ever look lost: the flaw this avoids.
-  assert algoperf.stop_outcome(stopped, 40, stopped, 10, True)["relative_loss"] == 0.0
-  # Never stopped: its whole run counts; lower is better for a loss metric.
-  loss = algoperf.stop_outcome([3.0, 2.5, 2.6], None, [3.0, 2.4, 2.6], 5, False)
-  assert loss["stop_step"] is None and loss["best_step"] == 10
-  assert loss["stop_over_best"] == pytest.approx(1.5)  # the run's end, step 15, over 10
-  assert loss["relative_loss"] == pytest.approx(0.1 / 2.4)
+def test_the_pool_balances_the_workloads_heaviest_first():
+  names = list(roster.SETTINGS["full"]["budgets"])
+  assert pool.plan(names, 1) == [sorted(names, key=lambda w: -roster.RELATIVE_COST[w])]
+  two = pool.plan(names, 2)
+  assert sorted(sum(two, [])) == sorted(names)
+  assert two[0][0] == "stdlib_lm" and two[1][0] == "mnist1d_cnn"
 
 
 def test_stop_table_warns_when_the_reference_lane_stopped():
-  from benchmarks import workloads
-
   seed = algoperf.stop_outcome([0.5, 0.8, 0.8], 20, [0.5, 0.8, 0.9], 10, True)
   entry = dict(patience=30, reads_validation_loss=True, per_seed=[seed], wall_s=1.0)
-  clean = workloads._stop_rows({"a": dict(entry, reference_never_stopped=True)})
+  clean = render.stop_rows({"a": dict(entry, reference_never_stopped=True)})
   assert "| a | yes | 20 | 30 | 0.67 | 11.11% |" in clean
   assert not any("Warning" in line for line in clean)
-  flagged = workloads._stop_rows(
+  flagged = render.stop_rows(
     {
       "a": dict(entry, reference_never_stopped=True),
       "b": dict(entry, reference_never_stopped=False),
@@ -243,61 +126,15 @@ def test_stop_table_warns_when_the_reference_lane_stopped():
   assert len(warnings) == 1 and "for b:" in warnings[0] and "a," not in warnings[0]
 
 
-@pytest.mark.parametrize("patience", [1, 3, 7, 12])
-def test_replayed_validation_stop_matches_stop_when(patience):
-  # The replay must fire at the very update where stop_when(validation_patience=...) fires when
-  # fed as the workloads' trainer feeds it: the latest validation loss at every update.
-  import jax.numpy as jnp
-  import optax
-
-  import nag_optax
-
-  every = 4
-  initial = 3.0
-  curve = [2.0, 1.5, 1.6, 1.7, 1.4, 1.45, 1.5, 1.55, 1.6, 1.3, 1.35, 1.4, 1.5, 1.6, 1.7, 1.8]
-  tx = nag_optax.stop_when(optax.sgd(0.1), validation_patience=patience)
-  params = jnp.zeros(2)
-  state = tx.init(params)
-  seen = [initial] + curve
-  fired = None
-  for t in range(1, (len(seen) - 1) * every + 1):
-    _, state = tx.update(jnp.ones(2), state, params, validation_loss=seen[(t - 1) // every])
-    if nag_optax.should_stop(state):
-      fired = t
-      break
-  assert algoperf.replay_validation_stop(curve, every, patience, initial) == fired
-  assert fired is not None  # every patience here fires within the run
-
-
-def test_kept_before_stop_counts_only_earlier_evaluations():
-  curve = [0.5, 0.7, 0.9, 0.8]
-  assert algoperf.kept_before_stop(curve, 9, 4, True) == 0.7  # evaluations at steps 4 and 8
-  assert algoperf.kept_before_stop(curve, 8, 4, True) == 0.5  # the step-8 one comes too late
-  assert algoperf.kept_before_stop(curve, None, 4, True) == 0.9
-
-
-def test_step_of_best_takes_the_first_best_and_ignores_nan():
-  assert algoperf.step_of_best([0.5, 0.9, 0.9, math.nan], 10, True) == 20
-  assert algoperf.step_of_best([3.0, math.nan, 2.0, 2.5], 5, False) == 15
-  assert algoperf.step_of_best([math.nan, math.nan], 5, True) is None
-
-
 def test_trainer_evaluates_an_iterate_average_by_default():
-  import jax
-  import jax.numpy as jnp
-  import optax
-
-  import nag_optax
-  from benchmarks import workloads_core as core
-
-  wl = core.WORKLOADS["digits_mlp"]()
+  wl = roster.WORKLOADS["digits_mlp"]()
   _, params = wl.init_params(0)
   blocks, every = 2, 10
   batches = jnp.asarray(wl.batch_indices(0, blocks * every))
-  make = lambda lr: nag_optax.average_iterates(optax.sgd(lr), power=0.0)  # noqa: E731
+  make = lambda lr: nag_optax.average_iterates(optax.sgd(lr), power=0.0)
 
   def run(**kwargs):
-    train = jax.jit(core.make_trainer(wl, make, blocks, every, **kwargs))
+    train = jax.jit(trainer.make_trainer(wl, make, blocks, every, **kwargs))
     return jax.device_get(train(params, batches, jnp.float32(0.1)))
 
   with jax.enable_x64(False):

@@ -1,6 +1,6 @@
 """The tuning-free defaults on workloads no default was chosen on: new data, new architectures.
 
-``python -m benchmarks.heldout [--seeds 20-22] [--workloads a,b] [--quick]`` trains three
+``python -m benchmarks.studies.heldout [--seeds 20-22] [--workloads a,b] [--quick]`` trains three
 workloads that none of nag_optax's defaults was chosen on (neither their data nor their
 architecture appears in the workloads suite) the suite's way: tuned ``optax.nadamw``,
 ``optax.adamw`` and ``optax.sgd(momentum=0.9, nesterov=True)`` over the suite's long learning-rate
@@ -21,12 +21,13 @@ per seed and their median against the target setter's.
   trains on the first 1,000,000), batch 8.
 
 About 40 minutes on 2 cores (``--quick``: a tenth of the budgets, 1 seed, a short grid; a smoke
-test of the script, not evidence). The numbers in ``benchmarks/README.md`` come from this script.
+test of the script, not evidence). ``docs/design_decisions.md`` cites its table.
 """
 
 import argparse
 import math
 import time
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -35,9 +36,12 @@ import optax
 from flax import nnx
 
 import nag_optax
-from benchmarks import algoperf
-from benchmarks import workloads
-from benchmarks import workloads_core as core
+from benchmarks.studies import seed_range
+from benchmarks.workloads import algoperf
+from benchmarks.workloads import data
+from benchmarks.workloads import models
+from benchmarks.workloads import roster
+from benchmarks.workloads import trainer
 
 HELD_OUT_SLICE = (2_000_000, 3_000_000)  # corpus bytes; the suite's LM reads the first 1,000,000
 EVALS = 40
@@ -95,35 +99,35 @@ def tabular_splits():
     x_rest, y_rest, test_size=0.5, stratify=y_rest, random_state=7
   )
   scaler = StandardScaler().fit(x_tr)
-  cast = lambda a, b: (scaler.transform(a).astype(np.float32), b.astype(np.int32))
+  cast = lambda a, b: (np.asarray(scaler.transform(a), np.float32), np.asarray(b, np.int32))
   return dict(train=cast(x_tr, y_tr), validation=cast(x_va, y_va), test=cast(x_te, y_te))
 
 
 def held_out_corpus_splits():
   low, high = HELD_OUT_SLICE
-  corpus, _, _ = core.build_corpus(num_chars=high)
+  corpus, _, _ = data.build_corpus(num_chars=high)
   arr = np.frombuffer(corpus[low:high], np.uint8).astype(np.int32)
   a, b = int(0.9 * len(arr)), int(0.95 * len(arr))
   return dict(train=arr[:a], validation=arr[a:b], test=arr[b:])
 
 
-def tabular_mlp() -> core.Workload:
-  return core.Workload(
+def tabular_mlp() -> data.Workload:
+  return data.Workload(
     "tabular_mlp", "tabular MLP", DeepMLP, tabular_splits(), 128, "accuracy", True
   )
 
 
-def mnist1d_gru() -> core.Workload:
-  return core.Workload(
-    "mnist1d_gru", "MNIST-1D GRU", GRUClassifier, core.load_mnist1d_splits(), 32, "accuracy", True
+def mnist1d_gru() -> data.Workload:
+  return data.Workload(
+    "mnist1d_gru", "MNIST-1D GRU", GRUClassifier, data.load_mnist1d_splits(), 32, "accuracy", True
   )
 
 
-def stdlib_lm_deep() -> core.Workload:
-  return core.Workload(
+def stdlib_lm_deep() -> data.Workload:
+  return data.Workload(
     "stdlib_lm_deep",
     "stdlib LM, 4 layers",
-    lambda rngs: core.CharTransformer(rngs, layers=4),
+    lambda rngs: models.CharTransformer(rngs, layers=4),
     held_out_corpus_splits(),
     8,
     "bits per character",
@@ -132,7 +136,7 @@ def stdlib_lm_deep() -> core.Workload:
   )
 
 
-HELD_OUT = {
+HELD_OUT: dict[str, Callable[[], data.Workload]] = {
   "tabular_mlp": tabular_mlp,
   "mnist1d_gru": mnist1d_gru,
   "stdlib_lm_deep": stdlib_lm_deep,
@@ -141,51 +145,37 @@ BUDGETS = {"tabular_mlp": 1200, "mnist1d_gru": 1600, "stdlib_lm_deep": 800}
 
 # name -> (optimizer of a schedule, which of the suite's learning-rate grids it is tuned on)
 BASELINES = {
-  "optax.nadamw (tuned)": (optax.nadamw, workloads.ADAM_GRID),
-  "optax.adamw (tuned)": (optax.adamw, workloads.ADAM_GRID),
+  "optax.nadamw (tuned)": (optax.nadamw, roster.ADAM_GRID),
+  "optax.adamw (tuned)": (optax.adamw, roster.ADAM_GRID),
   "optax.sgd nesterov 0.9 (tuned)": (
     lambda s: optax.sgd(s, momentum=0.9, nesterov=True),
-    workloads.SGD_GRID,
+    roster.SGD_GRID,
   ),
 }
-SELF_TUNING = {
+SELF_TUNING: dict[str, Callable[[], optax.GradientTransformation]] = {
   "nag_optax.auto_nadamw()": nag_optax.auto_nadamw,
   "nag_optax.auto_nag_sgd()": nag_optax.auto_nag_sgd,
   "optax.contrib.prodigy()": optax.contrib.prodigy,
 }
 
 
-def _seeds(text: str) -> list:
-  low, _, high = text.partition("-")
-  return list(range(int(low), int(high or low) + 1))
-
-
-def _baseline(opt, budget):
-  unit = optax.warmup_cosine_decay_schedule(
-    0.0, 1.0, max(1, int(workloads.WARMUP_FRACTION * budget)), budget, end_value=0.0
-  )
-  return lambda lr: opt(lambda count: lr * unit(count))
-
-
-def run_workload(name: str, seeds: list, budget: int, grid: str) -> dict:
+def run_workload(name: str, seeds: list[int], budget: int, grid: str) -> dict:
   """{method: metric curves (seeds, evaluations)} and the evaluation interval."""
   wl = HELD_OUT[name]()
-  every = max(1, budget // EVALS)
-  long_blocks = int(workloads.SELF_TUNING_FACTOR * budget) // every
-  params = workloads._stack([wl.init_params(s)[1] for s in seeds])
-  batches = jnp.stack([jnp.asarray(wl.batch_indices(s, long_blocks * every)) for s in seeds])
+  setup = trainer.prepare(wl, budget, EVALS, seeds)
+  every, params, batches = setup.eval_every, setup.params, setup.batches
   curves, best_lr = {}, {}
   for label, (opt, grids) in BASELINES.items():
     values = grids[grid]
-    trainer = core.make_trainer(wl, _baseline(opt, budget), budget // every, every)
-    many = jax.vmap(jax.vmap(trainer, in_axes=(0, 0, None)), in_axes=(None, None, 0))
+    train = trainer.make_trainer(wl, roster.warmup_cosine(opt, budget), setup.blocks_budget, every)
+    many = jax.vmap(jax.vmap(train, in_axes=(0, 0, None)), in_axes=(None, None, 0))
     out = np.asarray(jax.jit(many)(params, batches, jnp.asarray(values, jnp.float32))["metric"])
     medians = [algoperf.median_best(c, wl.higher_is_better) for c in out]
     pick = int(np.nanargmax(medians) if wl.higher_is_better else np.nanargmin(medians))
     curves[label], best_lr[label] = out[pick], values[pick]
   for label, factory in SELF_TUNING.items():
-    trainer = core.make_trainer(wl, factory, long_blocks, every)
-    curves[label] = np.asarray(jax.jit(jax.vmap(trainer))(params, batches)["metric"])
+    train = trainer.make_trainer(wl, factory, setup.blocks_self_tuning, every)
+    curves[label] = np.asarray(jax.jit(jax.vmap(train))(params, batches)["metric"])
   return dict(wl=wl, curves=curves, best_lr=best_lr, every=every)
 
 
@@ -220,12 +210,16 @@ def render(name: str, budget: int, result: dict, seconds: float) -> str:
 
 
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+    prog="python -m benchmarks.studies.heldout",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   parser.add_argument("--seeds", default="20-22")
   parser.add_argument("--workloads", default=",".join(HELD_OUT))
   parser.add_argument("--quick", action="store_true")
   args = parser.parse_args(argv)
-  seeds = _seeds(args.seeds)[:1] if args.quick else _seeds(args.seeds)
+  seeds = seed_range(args.seeds)[:1] if args.quick else seed_range(args.seeds)
   grid = "short" if args.quick else "long"
   for name in args.workloads.split(","):
     budget = BUDGETS[name] // (10 if args.quick else 1)

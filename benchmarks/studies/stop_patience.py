@@ -1,6 +1,6 @@
 """How much the validation stop loses, per patience, on seeds the workloads suite never uses.
 
-``python -m benchmarks.stop_patience [--seeds 10-14] [--fractions 0.2,0.25,0.3,0.4]
+``python -m benchmarks.studies.stop_patience [--seeds 10-14] [--fractions 0.2,0.25,0.3,0.4]
 [--workloads a,b]`` trains each tuning-free nag_optax optimizer at its defaults, without a stop,
 on the workloads of the suite's full mode (same budgets B, evaluation every B / 40 steps, 1.5 B
 steps), records every validation evaluation, and replays ``validation_patience = fraction x B``
@@ -9,40 +9,40 @@ fire, fed the latest validation loss as the suite feeds it). Per optimizer and p
 the runs whose stop lost at most 1% of the run's best validation metric (the metric kept is that
 of the evaluations before the stop), the worst loss, and the runs stopping within 10% of the
 step of the best metric. It is the evidence behind the patience the guide recommends and the
-suite uses (``workloads.STOP_PATIENCE_FRACTION``); about 6 minutes on 2 cores.
+suite uses (``roster.STOP_PATIENCE_FRACTION``); about 6 minutes on 2 cores.
 """
 
 import argparse
 import time
+from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+import optax
 
-from benchmarks import algoperf
-from benchmarks import workloads
-from benchmarks import workloads_core as core
+from benchmarks.studies import seed_range
+from benchmarks.workloads import algoperf
+from benchmarks.workloads import roster
+from benchmarks.workloads import trainer
 
-LOST_LIMIT = 0.01  # #11's goal: a stop loses at most 1% of the best validation metric
+LOST_LIMIT = 0.01  # the goal: a stop loses at most 1% of the best validation metric
 WITHIN = 0.1  # and comes within 10% of the step of the best
 
 
-def _seeds(text: str) -> list:
-  low, _, high = text.partition("-")
-  return list(range(int(low), int(high or low) + 1))
-
-
-def curves(name: str, factory, seeds: list) -> tuple:
-  """(metric, validation loss) per seed and evaluation, B and the evaluation interval."""
-  budget = workloads.SETTINGS["full"]["budgets"][name]
-  every = max(1, budget // workloads.SETTINGS["full"]["evals"])
-  blocks = int(workloads.SELF_TUNING_FACTOR * budget) // every
-  wl = core.WORKLOADS[name]()
-  params = workloads._stack([wl.init_params(s)[1] for s in seeds])
-  batches = jnp.stack([jnp.asarray(wl.batch_indices(s, blocks * every)) for s in seeds])
-  trainer = core.make_trainer(wl, lambda *_: factory(), blocks, every, pass_validation_loss=True)
-  out = jax.device_get(jax.jit(jax.vmap(trainer))(params, batches))
-  return np.asarray(out["metric"]), np.asarray(out["val_loss"]), budget, every, wl
+def curves(
+  name: str, factory: Callable[[], optax.GradientTransformation], seeds: list[int]
+) -> tuple:
+  """(metric, validation loss) per seed and evaluation, B, the evaluation interval, the
+  workload."""
+  full = roster.SETTINGS["full"]
+  budget = full["budgets"][name]
+  wl = roster.WORKLOADS[name]()
+  setup = trainer.prepare(wl, budget, full["evals"], seeds)
+  train = trainer.make_trainer(
+    wl, lambda *_: factory(), setup.blocks_self_tuning, setup.eval_every, pass_validation_loss=True
+  )
+  out = jax.device_get(jax.jit(jax.vmap(train))(setup.params, setup.batches))
+  return np.asarray(out["metric"]), np.asarray(out["val_loss"]), budget, setup.eval_every, wl
 
 
 def outcome(metric, val_loss, budget, every, higher_is_better, fraction) -> tuple:
@@ -58,18 +58,22 @@ def outcome(metric, val_loss, budget, every, higher_is_better, fraction) -> tupl
 
 
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+    prog="python -m benchmarks.studies.stop_patience",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   parser.add_argument("--seeds", default="10-14")
   parser.add_argument("--fractions", default="0.2,0.25,0.3,0.4")
-  parser.add_argument("--workloads", default=",".join(workloads.SETTINGS["full"]["budgets"]))
+  parser.add_argument("--workloads", default=",".join(roster.SETTINGS["full"]["budgets"]))
   args = parser.parse_args(argv)
-  jax.config.update("jax_enable_x64", True)
-  seeds = _seeds(args.seeds)
+  jax.config.update(
+    "jax_enable_x64", True
+  )  # as `python -m benchmarks` sets it; params stay float32
+  seeds = seed_range(args.seeds)
   fractions = [float(f) for f in args.fractions.split(",")]
   names = args.workloads.split(",")
-  factories = {
-    n: f for n, f in workloads.nag_factories().items() if n != workloads.V01
-  }  # the tuning-free optimizers of today; v0.1 has no validation stop
+  factories = roster.nag_factories()
   results = {(n, f): [] for n in factories for f in fractions}
   start = time.perf_counter()
   for name in names:

@@ -19,8 +19,12 @@ from typing import Iterable
 from typing import Mapping
 from typing import Optional
 from typing import Sequence
+from typing import Union
 
 import numpy as np
+
+# A validation (or learning-rate) curve: one value per evaluation.
+Curve = Union[Sequence[float], np.ndarray]
 
 TAU_MAX = 4.0
 
@@ -32,7 +36,7 @@ def better(a: float, b: float, higher_is_better: bool) -> bool:
   return a >= b if higher_is_better else a <= b
 
 
-def best_of_run(curve: Sequence[float], higher_is_better: bool) -> float:
+def best_of_run(curve: Curve, higher_is_better: bool) -> float:
   """The best value of one validation curve (NaN entries, from a diverged run, are ignored)."""
   values = np.asarray(curve, float)
   values = values[np.isfinite(values)]
@@ -41,14 +45,14 @@ def best_of_run(curve: Sequence[float], higher_is_better: bool) -> float:
   return float(values.max() if higher_is_better else values.min())
 
 
-def median_best(curves: Iterable[Sequence[float]], higher_is_better: bool) -> float:
+def median_best(curves: Iterable[Curve], higher_is_better: bool) -> float:
   """Median over seeds of the best value of each seed's curve (a NaN seed counts as worst)."""
   worst = -math.inf if higher_is_better else math.inf
   bests = [best_of_run(c, higher_is_better) for c in curves]
   return float(np.median([b if np.isfinite(b) else worst for b in bests]))
 
 
-def target(baselines: Mapping[str, Sequence[Sequence[float]]], higher_is_better: bool) -> tuple:
+def target(baselines: Mapping[str, Iterable[Curve]], higher_is_better: bool) -> tuple:
   """(target, name of the baseline that set it) from each tuned baseline's per-seed curves.
 
   ``baselines`` maps a baseline's name to its curves (one per seed) at its best learning rate.
@@ -60,7 +64,7 @@ def target(baselines: Mapping[str, Sequence[Sequence[float]]], higher_is_better:
 
 
 def steps_to_target(
-  curve: Sequence[float], target_value: float, eval_every: int, higher_is_better: bool
+  curve: Curve, target_value: float, eval_every: int, higher_is_better: bool
 ) -> float:
   """First evaluation step (``(i + 1) * eval_every``) where the curve reaches the target; inf if
   never."""
@@ -71,7 +75,7 @@ def steps_to_target(
 
 
 def median_steps(
-  curves: Iterable[Sequence[float]],
+  curves: Iterable[Curve],
   target_value: float,
   eval_every: int,
   higher_is_better: bool,
@@ -106,9 +110,10 @@ def ratios(steps: Mapping[str, Mapping[str, float]]) -> dict:
   return out
 
 
-def profile(method_ratios: Mapping[str, float], taus: Sequence[float]) -> np.ndarray:
+def profile(method_ratios: Mapping[str, float], taus: Iterable[float]) -> np.ndarray:
   """rho(tau): the fraction of workloads whose ratio is <= tau, at each tau."""
   r = np.asarray(list(method_ratios.values()), float)
+  taus = list(taus)
   if not r.size:
     return np.zeros(len(taus))
   return np.array([(r <= t).mean() for t in taus])
@@ -128,9 +133,9 @@ def score(method_ratios: Mapping[str, float], tau_max: float = TAU_MAX) -> float
   return float(contrib.mean())
 
 
-# A learning rate "at its lower bound at the end": the last recorded rate <= FLOOR_ABS (the
-# hypergradient block's default floor is 1e-8), or the median rate over the last quarter of the
-# run below FLOOR_REL x the largest rate of the run.
+# A learning rate "at its lower bound at the end", the failure of a rate that collapses over a long
+# run: the last recorded rate <= FLOOR_ABS (an absolute floor of 1e-8), or the median rate over the
+# last quarter of the run below FLOOR_REL x the largest rate of the run.
 FLOOR_ABS = 1.01e-8
 FLOOR_REL = 1e-6
 FLOOR_RULE = (
@@ -139,7 +144,7 @@ FLOOR_RULE = (
 )
 
 
-def lr_at_floor(lr_curve: Sequence[float]) -> bool:
+def lr_at_floor(lr_curve: Curve) -> bool:
   """Whether a learning-rate trajectory ends at its lower bound (the rule in ``FLOOR_RULE``)."""
   lr = np.asarray(lr_curve, float)
   lr = lr[np.isfinite(lr)]
@@ -159,7 +164,7 @@ def relative_loss(best_at_stop: float, best_overall: float, higher_is_better: bo
   return float(gap / abs(best_overall))
 
 
-def step_of_best(curve: Sequence[float], eval_every: int, higher_is_better: bool) -> Optional[int]:
+def step_of_best(curve: Curve, eval_every: int, higher_is_better: bool) -> Optional[int]:
   """The step of the first evaluation with the best metric (NaN ignored; None if all NaN)."""
   values = np.asarray(curve, float)
   finite = np.isfinite(values)
@@ -170,9 +175,9 @@ def step_of_best(curve: Sequence[float], eval_every: int, higher_is_better: bool
 
 
 def stop_outcome(
-  stopped_curve: Sequence[float],
+  stopped_curve: Curve,
   stop_step: Optional[int],
-  reference_curve: Sequence[float],
+  reference_curve: Curve,
   eval_every: int,
   higher_is_better: bool,
 ) -> dict:
@@ -184,8 +189,8 @@ def stop_outcome(
   ``reference_curve`` is the unstopped run's (same seeds, batches and optimizer). The best step
   and the best metric come from the reference; the metric kept is the best of the stopped run up
   to the first evaluation at or after the stop. ``stop_step`` None: it never stopped, and its
-  stop counts as the end of the run. ``stop_over_best``: the stop step over the best step (the
-  issue's goal is within 10% of it: 0.9 to 1.1).
+  stop counts as the end of the run. ``stop_over_best``: the stop step over the best step (a stop
+  within 10% of the best step gives 0.9 to 1.1).
   """
   ref = np.asarray(reference_curve, float)
   best_step = step_of_best(ref, eval_every, higher_is_better)
@@ -204,7 +209,7 @@ def stop_outcome(
 
 
 def replay_validation_stop(
-  validation_curve: Sequence[float],
+  validation_curve: Curve,
   eval_every: int,
   patience: int,
   initial: float = math.inf,
@@ -230,7 +235,7 @@ def replay_validation_stop(
 
 
 def kept_before_stop(
-  curve: Sequence[float], stop_step: Optional[int], eval_every: int, higher_is_better: bool
+  curve: Curve, stop_step: Optional[int], eval_every: int, higher_is_better: bool
 ) -> float:
   """The best of the evaluations made strictly before a replayed stop (all if None): the metric
   a run that stopped there is sure to keep (its params freeze at the update before the stop)."""
