@@ -466,13 +466,15 @@ def test_the_injected_learning_rate_takes_effect_mid_run(make, kwargs):
 
 
 @pytest.mark.parametrize("make", [nag_optax.auto_nag_sgd, nag_optax.auto_nadamw])
-def test_an_init_only_hyperparameter_cannot_be_injected_silently(make):
-  with pytest.raises(TypeError, match=r"initial_learning_rate is read once.*static_args"):
-    optax.inject_hyperparams(make)(initial_learning_rate=1e-4).init(jnp.ones(3))
-  tx = optax.inject_hyperparams(make, static_args=("initial_learning_rate",))(
-    initial_learning_rate=1e-4
+def test_init_only_and_array_sizing_arguments_go_in_static_args(make):
+  with pytest.raises(TypeError, match=r"subsample sets the size of a state array.*static_args"):
+    optax.inject_hyperparams(make)(subsample=8).init(jnp.ones(3))
+  tx = optax.inject_hyperparams(make, static_args=("initial_learning_rate", "subsample"))(
+    initial_learning_rate=1e-4, subsample=8
   )
-  assert float(optax.tree.get(tx.init(jnp.ones(3)), "distance")) == pytest.approx(1e-4)
+  state = tx.init(jnp.ones(3))
+  assert not {"initial_learning_rate", "subsample"} & set(state.hyperparams)
+  assert float(optax.tree.get(state, "distance")) == pytest.approx(1e-4)
 
 
 def test_a_learning_rate_schedule_scales_the_tuned_rate():

@@ -84,7 +84,7 @@ def test_averaged_params_found_through_wrappers():
   ):
     state = tx.init(params)
     _, state = jax.jit(lambda g, s, p, tx=tx: tx.update(g, s, p, value=1.0))(grads, state, params)
-    avg = nag_optax.averaged_params(state)
+    avg = nag_optax.averaged_params(state, params)
     chex.assert_trees_all_equal_shapes(avg, params)
 
 
@@ -120,9 +120,10 @@ def test_nonfinite_step_leaves_the_average_unchanged():
   state = tx.init(params)
   update = jax.jit(tx.update)
   _, state = update(jnp.ones(3), state, params)
-  before = nag_optax.averaged_params(state)
-  _, state = update(jnp.array([1.0, jnp.nan, 1.0]), state, params)
-  chex.assert_trees_all_equal(nag_optax.averaged_params(state), before)
+  before = nag_optax.averaged_params(state, params)
+  updates, state = update(jnp.array([1.0, jnp.nan, 1.0]), state, params)
+  chex.assert_trees_all_equal(updates, jnp.zeros(3))  # skipped: the params stay
+  chex.assert_trees_all_equal(nag_optax.averaged_params(state, params), before)
 
 
 @pytest.mark.parametrize(
@@ -183,3 +184,49 @@ def test_averaged_params_checks_the_names_not_only_the_leaf_count():
     nag_optax.averaged_params(state, wrongly_named)
   with pytest.raises(ValueError, match="structure of the averaged params"):
     nag_optax.averaged_params(state, {"w": jnp.ones(3)})
+
+
+def _noisy_run(tx, steps=400):
+  """The params and states of a noisy quadratic run (minibatch-like), jitted."""
+  noise = jax.random.normal(jax.random.PRNGKey(3), (steps, 64))
+
+  def step(carry, xi):
+    x, state = carry
+    updates, state = tx.update(x - 1.0 + xi, state, x)
+    return (optax.apply_updates(x, updates), state), None
+
+  x0 = jnp.zeros(64)
+  (x, state), _ = jax.jit(lambda c: jax.lax.scan(step, c, noise))((x0, tx.init(x0)))
+  return x, state
+
+
+def test_the_offset_average_follows_the_average_to_its_rounding():
+  # The same iterates, the average kept itself (float32) and as a bfloat16 offset from the
+  # params: they differ by the offset's rounding, a small fraction of the offset, not of the
+  # params.
+  x, full = _noisy_run(nag_optax.average_iterates(optax.sgd(0.05), power=7.0))
+  x_off, offset = _noisy_run(
+    nag_optax.average_iterates(optax.sgd(0.05), power=7.0, offset_dtype=jnp.bfloat16)
+  )
+  np.testing.assert_array_equal(x, x_off)  # the updates are the inner's, untouched
+  assert offset.offset.dtype == jnp.bfloat16 and offset.averaged_params == ()
+  average = nag_optax.averaged_params(full)
+  from_offset = nag_optax.averaged_params(offset, x_off)
+  gap = float(jnp.linalg.norm(average - x))  # how far the average is from the params
+  assert gap > 0.05
+  assert float(jnp.linalg.norm(from_offset - average)) <= 0.02 * gap
+
+
+def test_the_offset_starts_at_zero_and_needs_the_params_to_be_read():
+  tx = nag_optax.average_iterates(optax.sgd(0.1), offset_dtype=jnp.bfloat16)
+  params = jnp.ones(3)
+  updates, state = tx.update(jnp.ones(3), tx.init(params), params)
+  np.testing.assert_array_equal(state.offset, 0.0)  # c_1 = 1: the average is the first iterate
+  new_params = optax.apply_updates(params, updates)
+  np.testing.assert_array_equal(nag_optax.averaged_params(state, new_params), new_params)
+  with pytest.raises(ValueError, match="pass the current params"):
+    nag_optax.averaged_params(state)
+  with pytest.raises(ValueError, match="pass one of them"):
+    nag_optax.average_iterates(
+      optax.sgd(0.1), accumulator_dtype=jnp.float32, offset_dtype=jnp.bfloat16
+    )

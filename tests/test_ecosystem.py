@@ -119,7 +119,15 @@ def _jitted_step(opt):
 
 
 @pytest.mark.parametrize(
-  "name", ["auto_nag", "nag", "scale_by_backtracking_chain", "auto_nag_sgd", "auto_nadamw"]
+  "name",
+  [
+    "auto_nag",
+    "nag",
+    "scale_by_backtracking_chain",
+    "auto_nag_sgd",
+    "auto_nadamw",
+    "auto_nadamw_factored",
+  ],
 )
 def test_checkpoint_round_trip_resumes_bit_identically(name, tmp_path):
   opt = test_common._make(name)
@@ -143,7 +151,8 @@ def test_checkpoint_round_trip_resumes_bit_identically(name, tmp_path):
 
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (virtual) devices")
 @pytest.mark.parametrize(
-  "name", ["auto_nag", "nag", "stop_when_nag", "auto_nag_sgd", "auto_nadamw"]
+  "name",
+  ["auto_nag", "nag", "stop_when_nag", "auto_nag_sgd", "auto_nadamw", "auto_nadamw_factored"],
 )
 def test_sharded_params_give_sharded_state_and_single_device_results(name):
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ("data", "model"))
@@ -161,7 +170,7 @@ def test_sharded_params_give_sharded_state_and_single_device_results(name):
   # auto_nadamw's estimate grows 5,000-fold within 25 steps here and its weighted moments follow
   # it, which amplifies the reduction-order rounding (equal after 3 steps, 7e-9 after 10, 1e-4
   # after 25): it is compared after 12, still within the estimate's growth.
-  steps = 12 if name == "auto_nadamw" else 25
+  steps = 12 if name.startswith("auto_nadamw") else 25
 
   def run(params):
     return jax.lax.fori_loop(0, steps, body, (params, opt.init(params)))
@@ -183,7 +192,9 @@ def test_sharded_params_give_sharded_state_and_single_device_results(name):
 
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (virtual) devices")
 @pytest.mark.parametrize("spec", [("data", "model"), (None, "model")])
-@pytest.mark.parametrize("name", ["auto_nag", "auto_nag_sgd", "auto_nadamw"])
+@pytest.mark.parametrize(
+  "name", ["auto_nag", "auto_nag_sgd", "auto_nadamw", "auto_nadamw_factored"]
+)
 def test_sharded_update_reduces_without_gathering_params(name, spec):
   # (None, "model") shards the minor axis only: a reshape/ravel before a reduction would force
   # a gather there.

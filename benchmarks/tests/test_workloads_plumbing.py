@@ -93,8 +93,8 @@ def test_suite_lists_the_nag_optax_optimizers():
 
 
 def test_the_tuning_free_factories_are_called_with_keywords_only():
-  def factory(*, learning_rate=1e-6):
-    return optax.sgd(learning_rate)
+  def factory(*, initial_learning_rate=1e-6):
+    return optax.sgd(initial_learning_rate)
 
   roster.at_defaults(factory)
   roster.at_defaults(factory, 0.1)

@@ -146,11 +146,13 @@ def nag_factories() -> dict[str, Factory]:
 
 
 def at_defaults(
-  factory: Factory, learning_rate: Optional[Any] = None
+  factory: Factory, initial_learning_rate: Optional[Any] = None
 ) -> optax.GradientTransformation:
-  """``factory()``, or ``factory(learning_rate=...)``: a tuning-free optimizer from its default
-  initial rate, or from another one (the robustness check)."""
-  return factory() if learning_rate is None else factory(learning_rate=learning_rate)
+  """``factory()``, or ``factory(initial_learning_rate=...)``: a tuning-free optimizer from its
+  default initial rate, or from another one (the robustness check)."""
+  if initial_learning_rate is None:
+    return factory()
+  return factory(initial_learning_rate=initial_learning_rate)
 
 
 def warmup_cosine(

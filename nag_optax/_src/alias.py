@@ -11,6 +11,7 @@ import optax
 from nag_optax._src import annealing
 from nag_optax._src import averaging
 from nag_optax._src import distance
+from nag_optax._src import factored as factored_lib
 from nag_optax._src import hybrid
 from nag_optax._src import momentum as momentum_lib
 from nag_optax._src import spectral
@@ -291,6 +292,7 @@ def auto_nag_sgd(
   accumulator_dtype: Optional[jax.typing.DTypeLike] = None,
   max_relative_step: Optional[float] = None,
   plateau: Optional[optax.GradientTransformation] = DEFAULT_PLATEAU,
+  subsample: Optional[int] = None,
   min_learning_rate: Optional[float] = None,
   patience: Optional[int] = None,
   validation_patience: Optional[int] = None,
@@ -328,7 +330,10 @@ def auto_nag_sgd(
   the latest measured validation loss at every update); ``patience`` does the same on the
   training loss ``value``; ``max_steps`` and ``min_learning_rate`` are :func:`stop_when`'s.
 
-  Memory: three parameter-sized buffers (momentum, the first params, the weighted gradient sum).
+  Memory, in float32 parameter-sized buffers: about 1.1, SGD momentum's 1 plus an eighth (the
+  distance estimate's first params and gradient sum live on a 1/16 subsample, ``subsample``).
+  The steps are checked for finite inputs before they are taken (:func:`stop_when` with
+  ``check_updates=False``: the normalised direction is finite whenever its inputs are).
 
   All arguments are keyword-only.
 
@@ -344,6 +349,8 @@ def auto_nag_sgd(
     max_relative_step: the cap on the first step relative to the params' rms; ``None`` for
       ``0.1``. Read once, by ``init``.
     plateau: the bounded annealing on the training loss ``value`` (see above); ``None`` for none.
+    subsample: the distance estimate's sums read every ``subsample``-th slice of each leaf
+      (:func:`scale_by_distance`); ``None`` for 16, ``1`` for the full sums.
     min_learning_rate, patience, validation_patience, max_steps, max_nonfinite: the stopping
       signal (:func:`stop_when`).
 
@@ -381,6 +388,7 @@ def auto_nag_sgd(
       step_scale=1.0 - momentum,
       max_relative_step=max_relative_step,
       plateau=plateau,
+      subsample=subsample,
     ),
     momentum_lib.nesterov(momentum, accumulator_dtype=accumulator_dtype),
   )
@@ -391,6 +399,7 @@ def auto_nag_sgd(
     validation_patience=validation_patience,
     min_learning_rate=min_learning_rate,
     max_nonfinite=max_nonfinite,
+    check_updates=False,
   )
 
 
@@ -406,6 +415,10 @@ def auto_nadamw(
   max_relative_step: Optional[float] = None,
   plateau: Optional[optax.GradientTransformation] = AVERAGED_PLATEAU,
   average_power: Optional[jax.typing.ArrayLike] = 7.0,
+  mu_dtype: Optional[jax.typing.DTypeLike] = "bfloat16",
+  average_dtype: Optional[jax.typing.DTypeLike] = "bfloat16",
+  subsample: Optional[int] = None,
+  factored: bool = False,
   min_learning_rate: Optional[float] = None,
   patience: Optional[int] = None,
   validation_patience: Optional[int] = None,
@@ -415,8 +428,8 @@ def auto_nadamw(
   r"""Tuning-free Nesterov-Adam with decoupled weight decay: the learning rate sets itself.
 
   ``stop_when(average_iterates(scale_by_distance(direction=chain(scale_by_adam(b1, b2, eps,
-  nesterov=True), add_decayed_weights(weight_decay)), weighted_direction=(b1, b2)), power=7))``:
-  the direction is
+  nesterov=True, mu_dtype), add_decayed_weights(weight_decay)), weighted_direction=(b1, b2)),
+  power=7, offset_dtype=average_dtype), check_updates=False)``: the direction is
   ``optax.nadamw``'s (Adam's per-coordinate second-moment scaling of Nesterov's lookahead first
   moment, Dozat 2016, plus decoupled weight decay ``lambda x``) and the rate is the distance
   estimate ``d_k`` of :func:`scale_by_distance`, read from the raw gradients against the
@@ -447,8 +460,9 @@ def auto_nadamw(
     nnx.update(eval_model, nag_optax.averaged_params(optimizer.opt_state,
                                                      nnx.state(model, nnx.Param)))
 
-  (as ``optax.contrib.schedule_free_eval_params`` for the schedule-free optimizers).
-  ``average_power=None`` drops the average and its buffer.
+  (as ``optax.contrib.schedule_free_eval_params`` for the schedule-free optimizers). The average
+  is kept as its offset from the params in ``average_dtype`` (:func:`average_iterates`), so
+  reading it needs the current params. ``average_power=None`` drops the average and its buffer.
 
   Annealing, bounded: with the training loss passed as ``value`` (Flax NNX
   ``optimizer.update(model, grads, value=loss)``), the step is halved whenever the loss averaged
@@ -461,8 +475,15 @@ def auto_nadamw(
   Stopping: as :func:`auto_nag_sgd` (``validation_patience`` with a ``validation_loss`` extra
   argument, ``patience`` on ``value``, ``max_steps``, ``min_learning_rate``); none by default.
 
-  Memory: five parameter-sized buffers (Adam's two moments, the first params and the weighted
-  gradient sum, as ``optax.contrib.prodigy``, and the average, at least float32).
+  Memory, in float32 parameter-sized buffers: about 2.1, Adam's 2 plus an eighth. The second
+  moment is float32 (1); the first moment (``mu_dtype``) and the average's offset
+  (``average_dtype``) bfloat16 (1/2 each); the distance estimate's first params and gradient
+  sum live on a 1/16 subsample (``subsample``: 1/8 together). ``factored=True``, the lean mode,
+  replaces the second moment by Adafactor's row and column statistics for every leaf whose two
+  longest axes have at least 128 indices (:func:`~nag_optax.scale_by_distance`'s direction is
+  then Adam's with ``v`` rebuilt from them, Shazeer & Stern 2018): about 1.1 buffers. The
+  steps are checked for finite inputs before they are taken (:func:`stop_when` with
+  ``check_updates=False``: the direction is finite whenever its inputs are, given ``eps > 0``).
 
   All arguments are keyword-only.
 
@@ -479,6 +500,13 @@ def auto_nadamw(
     plateau: the bounded annealing on the training loss ``value`` (see above); ``None`` for none.
     average_power: the power ``p`` of the iterate average (:func:`average_iterates`); ``None``
       for no average.
+    mu_dtype: dtype of Adam's first moment; ``None`` for the params'.
+    average_dtype: dtype of the average's offset from the params; ``None`` keeps the average
+      itself, at least float32 (a full buffer), and :func:`averaged_params` then reads it
+      without the params.
+    subsample: the distance estimate's sums read every ``subsample``-th slice of each leaf
+      (:func:`scale_by_distance`); ``None`` for 16, ``1`` for the full sums.
+    factored: the lean mode: Adafactor's factored second moment (see Memory).
     min_learning_rate, patience, validation_patience, max_steps, max_nonfinite: the stopping
       signal (:func:`stop_when`); pass the validation loss of the averaged params as
       ``validation_loss``.
@@ -500,7 +528,8 @@ def auto_nadamw(
     ...   return optax.apply_updates(params, updates), state
     >>> for _ in range(300):
     ...   params, state = step(params, state)
-    >>> print(float(loss(params)) < 1e-3, float(loss(nag_optax.averaged_params(state))) < 1e-3)
+    >>> average = nag_optax.averaged_params(state, params)
+    >>> print(float(loss(params)) < 1e-3, float(loss(average)) < 1e-3)
     True True
 
   References:
@@ -510,6 +539,9 @@ def auto_nadamw(
     Loshchilov & Hutter, `Decoupled weight decay regularization
     <https://arxiv.org/abs/1711.05101>`_, ICLR 2019.
 
+    Shazeer & Stern, `Adafactor: adaptive learning rates with sublinear memory cost
+    <https://arxiv.org/abs/1804.04235>`_, ICML 2018.
+
     Mishchenko & Defazio, `Prodigy <https://arxiv.org/abs/2306.06101>`_, ICML 2024.
 
     Shamir & Zhang, `Stochastic gradient descent for non-smooth optimization: convergence
@@ -518,11 +550,17 @@ def auto_nadamw(
   validation.check_range("average_power", average_power, low=0.0, allow_none=True)
   validation.check_range("b1", b1, low=0.0, high=1.0, high_inclusive=False)
   validation.check_range("b2", b2, low=0.0, high=1.0, high_inclusive=False)
-  validation.check_range("eps", eps, low=0.0)
+  validation.check_range("eps", eps, low=0.0, low_inclusive=False)  # keeps the direction finite
   validation.check_range("weight_decay", weight_decay, low=0.0)
-  direction = optax.chain(
-    optax.scale_by_adam(b1, b2, eps, nesterov=True), optax.add_decayed_weights(weight_decay)
-  )
+  validation.check_float_dtype("mu_dtype", mu_dtype)
+  validation.check_float_dtype("average_dtype", average_dtype)
+  if not isinstance(factored, bool):
+    raise TypeError(f"factored must be a bool, got {factored!r}.")
+  if factored:
+    moments = factored_lib.scale_by_factored_nadam(b1, b2, eps, mu_dtype=mu_dtype)
+  else:
+    moments = optax.scale_by_adam(b1, b2, eps, nesterov=True, mu_dtype=mu_dtype)
+  direction = optax.chain(moments, optax.add_decayed_weights(weight_decay))
   inner = distance.scale_by_distance(
     learning_rate=learning_rate,
     initial_learning_rate=initial_learning_rate,
@@ -530,9 +568,10 @@ def auto_nadamw(
     max_relative_step=max_relative_step,
     plateau=plateau,
     weighted_direction=(b1, b2),
+    subsample=subsample,
   )
   if average_power is not None:
-    inner = averaging.average_iterates(inner, power=average_power)
+    inner = averaging.average_iterates(inner, power=average_power, offset_dtype=average_dtype)
   return stopping.stop_when(
     inner,
     max_steps=max_steps,
@@ -540,4 +579,5 @@ def auto_nadamw(
     validation_patience=validation_patience,
     min_learning_rate=min_learning_rate,
     max_nonfinite=max_nonfinite,
+    check_updates=False,
   )

@@ -17,7 +17,11 @@ class AverageIteratesState(NamedTuple):
 
   inner_state: Any  #: state of the wrapped transformation.
   count: jax.Array  #: int32: number of updates averaged.
-  averaged_params: Any  #: the average of the params after each update (float32 or wider).
+  #: The average of the params after each update (float32 or wider); ``()`` with ``offset_dtype``.
+  averaged_params: Any
+  #: With ``offset_dtype``: the average's offset from the params after the latest update,
+  #: ``bar x_t - x_t``, in that dtype; ``()`` otherwise.
+  offset: Any
 
 
 def average_iterates(
@@ -25,6 +29,7 @@ def average_iterates(
   *,
   power: jax.typing.ArrayLike = 7.0,
   accumulator_dtype: Optional[jax.typing.DTypeLike] = None,
+  offset_dtype: Optional[jax.typing.DTypeLike] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Keep the polynomial-decay average of the iterates of any transformation.
 
@@ -48,11 +53,28 @@ def average_iterates(
   Memory: one parameter-sized buffer, in ``accumulator_dtype`` (default: the params' dtype, but
   at least float32, since the average's increments shrink like ``p / t``).
 
+  The average as an offset (``offset_dtype``): the average itself cannot live in a low
+  precision, since its late increments ``c_t (x_t - bar x_{t-1})`` are far below the resolution
+  of the params' magnitude. Its offset from the params, ``delta_t = bar x_t - x_t``, can: it is
+  about the size of a few steps, so rounding it to bfloat16 errs by a few thousandths of the
+  distance between the average and the params, not of the params. It follows from the update
+  ``u_t = x_t - x_{t-1}`` alone,
+
+  .. math::
+
+    \delta_t = (1 - c_t)\,(\delta_{t-1} - u_t), \qquad \delta_1 = 0,
+
+  computed in float32 and stored in ``offset_dtype`` (half a parameter-sized float32 buffer in
+  bfloat16). Reading it back needs the params the update was applied to:
+  ``averaged_params(state, params)``.
+
   Args:
     inner: the transformation whose iterates are averaged.
     power: the exponent ``p >= 0`` of the weights.
     accumulator_dtype: dtype of the average; ``None`` for the params' dtype promoted to at least
       float32.
+    offset_dtype: keep the average as its offset from the params, in this dtype (e.g.
+      ``jnp.bfloat16``; see above), instead of the average itself; ``None`` for the average.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; its ``update`` needs ``params``.
@@ -78,6 +100,12 @@ def average_iterates(
   validation.check_transformation("inner", inner, example="optax.sgd(0.1)")
   validation.check_range("power", power, low=0.0)
   validation.check_float_dtype("accumulator_dtype", accumulator_dtype)
+  validation.check_float_dtype("offset_dtype", offset_dtype)
+  if offset_dtype is not None and accumulator_dtype is not None:
+    raise ValueError(
+      "accumulator_dtype is the dtype of the average itself, offset_dtype that of its offset "
+      "from the params: pass one of them."
+    )
   inner = optax.with_extra_args_support(inner)
 
   def average_dtype(leaf):
@@ -88,10 +116,18 @@ def average_iterates(
   def init_fn(params):
     params = validation.as_arrays(params)
     validation.check_float_params(params)
+    if offset_dtype is not None:
+      return AverageIteratesState(
+        inner_state=inner.init(params),
+        count=jnp.zeros((), jnp.int32),
+        averaged_params=(),
+        offset=optax.tree.zeros_like(params, dtype=jnp.dtype(offset_dtype)),
+      )
     return AverageIteratesState(
       inner_state=inner.init(params),
       count=jnp.zeros((), jnp.int32),
       averaged_params=jax.tree.map(lambda x: jnp.asarray(x).astype(average_dtype(x)), params),
+      offset=(),
     )
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -99,16 +135,26 @@ def average_iterates(
     validation.require_params(params, "average_iterates", "it averages params + updates")
     new_updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
     count = jnp.asarray(optax.safe_increment(state.count))
-    dtype = numerics.scalar_dtype(state.averaged_params)
+    dtype = numerics.scalar_dtype(params if offset_dtype is not None else state.averaged_params)
     p = jnp.asarray(power).astype(dtype)
     weight = (p + 1.0) / (count.astype(dtype) + p)  # 1 at the first update
+
+    if offset_dtype is not None:
+
+      def shift(offset, u):
+        acc = jnp.promote_types(u.dtype, jnp.float32)
+        kept = (1.0 - weight).astype(acc)
+        return (kept * (offset.astype(acc) - u.astype(acc))).astype(offset.dtype)
+
+      offset = jax.tree.map(shift, state.offset, new_updates)
+      return new_updates, AverageIteratesState(inner_state, count, (), offset)
 
     def mix(avg, x, u):
       x_new = x.astype(avg.dtype) + u.astype(avg.dtype)
       return avg + weight.astype(avg.dtype) * (x_new - avg)
 
     averaged = jax.tree.map(mix, state.averaged_params, params, new_updates)
-    return new_updates, AverageIteratesState(inner_state, count, averaged)
+    return new_updates, AverageIteratesState(inner_state, count, averaged, ())
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -118,25 +164,32 @@ def averaged_params(state: Any, params: Any = None) -> Any:
   anywhere in an optimizer state (through ``stop_when``, ``optax.chain``,
   ``optax.inject_hyperparams``, ``optax.MultiSteps``, Flax NNX's ``optimizer.opt_state``).
 
-  Evaluate the model at these params. With ``params`` given (the training params: a tree with
-  the same leaves under the same names, checked) each leaf is cast to the dtype of the matching
-  leaf, so the average drops into the model: with Flax NNX,
+  Evaluate the model at these params. With ``params`` given (the current training params: a tree
+  with the same leaves under the same names, checked) each leaf is cast to the dtype of the
+  matching leaf, so the average drops into the model: with Flax NNX,
   ``nnx.update(eval_model, averaged_params(optimizer.opt_state, nnx.state(model, nnx.Param)))``.
   Flax NNX's variable boxes are unwrapped to arrays.
 
+  An average kept as its offset from the params (``offset_dtype``, as in :func:`auto_nadamw`)
+  needs ``params``: it is ``params + offset``.
+
   Raises:
-    ValueError: the state holds no average, or more than one, or ``params`` is not shaped as it.
+    ValueError: the state holds no average, or more than one, or ``params`` is not shaped as it,
+      or it is missing where the average is kept as an offset.
 
   Examples:
     >>> import jax.numpy as jnp, nag_optax
-    >>> tx = nag_optax.auto_nadamw()  # stop_when(average_iterates(...)): found inside
+    >>> tx = nag_optax.stop_when(nag_optax.average_iterates(optax.sgd(0.1)))  # found inside
     >>> params = {"w": jnp.ones(2, jnp.bfloat16)}
     >>> state = tx.init(params)
     >>> print(nag_optax.averaged_params(state)["w"].dtype,
     ...       nag_optax.averaged_params(state, params)["w"].dtype)
     float32 bfloat16
   """
-  found = [s.averaged_params for s in numerics.find_states(state, AverageIteratesState)]
+  states = numerics.find_states(state, AverageIteratesState)
+  if len(states) == 1 and jax.tree.leaves(states[0].offset):
+    return _average_from_offset(states[0].offset, params)
+  found = [s.averaged_params for s in states]
   if not found:
     raise ValueError(
       "the optimizer state holds no iterate average: build the optimizer with "
@@ -150,14 +203,37 @@ def averaged_params(state: Any, params: Any = None) -> Any:
   leaves = [numerics.unbox(x) for _, x in paths_and_leaves]
   if params is not None:
     like = jax.tree_util.tree_flatten_with_path(params, is_leaf=numerics.is_box)[0]
-    if [_keys(p) for p, _ in like] != [_keys(p) for p, _ in paths_and_leaves]:
-      raise ValueError(
-        "params must have the structure of the averaged params (the params the optimizer "
-        f"trains): got leaves at {[jax.tree_util.keystr(p) for p, _ in like]}, the average has "
-        f"them at {[jax.tree_util.keystr(p) for p, _ in paths_and_leaves]}."
-      )
+    _check_names(like, paths_and_leaves)
     leaves = [a.astype(jnp.asarray(numerics.unbox(x)).dtype) for a, (_, x) in zip(leaves, like)]
   return jax.tree.unflatten(treedef, leaves)
+
+
+def _average_from_offset(offset: Any, params: Any) -> Any:
+  """``params + offset`` (the average kept as its offset), cast to the params' dtypes."""
+  if params is None:
+    raise ValueError(
+      "this optimizer keeps the average as its offset from the params (offset_dtype): pass the "
+      "current params, averaged_params(state, params)."
+    )
+  paths_and_offsets, treedef = jax.tree_util.tree_flatten_with_path(offset, is_leaf=numerics.is_box)
+  like = jax.tree_util.tree_flatten_with_path(params, is_leaf=numerics.is_box)[0]
+  _check_names(like, paths_and_offsets)
+
+  def add(x, d):
+    x, d = jnp.asarray(numerics.unbox(x)), numerics.unbox(d)
+    acc = jnp.promote_types(x.dtype, jnp.float32)
+    return (x.astype(acc) + d.astype(acc)).astype(x.dtype)
+
+  return jax.tree.unflatten(treedef, [add(x, d) for (_, x), (_, d) in zip(like, paths_and_offsets)])
+
+
+def _check_names(like: list, expected: list) -> None:
+  if [_keys(p) for p, _ in like] != [_keys(p) for p, _ in expected]:
+    raise ValueError(
+      "params must have the structure of the averaged params (the params the optimizer "
+      f"trains): got leaves at {[jax.tree_util.keystr(p) for p, _ in like]}, the average has "
+      f"them at {[jax.tree_util.keystr(p) for p, _ in expected]}."
+    )
 
 
 def _keys(path) -> tuple:

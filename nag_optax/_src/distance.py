@@ -17,7 +17,13 @@ import optax
 
 from nag_optax._src import annealing
 from nag_optax._src import numerics
+from nag_optax._src import sampling
 from nag_optax._src import validation
+
+
+def _is_inf(value) -> bool:
+  """Whether ``value`` is the Python number inf (no cap); an array or tracer is a cap."""
+  return isinstance(value, (int, float)) and math.isinf(value)
 
 
 def _max_weight(tree) -> float:
@@ -43,8 +49,8 @@ class ScaleByDistanceState(NamedTuple):
   mean_square: jax.Array  #: EMA of mean(g^2) (default direction; 0 otherwise).
   max_mean_square: jax.Array  #: its decayed running maximum, the default direction's normaliser.
   plateau_scale: jax.Array  #: the factor of `plateau` on the step (1 without it).
-  initial_params: Any  #: x_0, the params at the first update.
-  grad_sum: Any  #: s_k = sum_i decay^(k-i) d_i^2 g_i.
+  initial_params: Any  #: x_0, the params at the first update, on the subsample.
+  grad_sum: Any  #: s_k = sum_i decay^(k-i) d_i^2 g_i, on the subsample.
   direction: Any  #: state of the `direction` transformation (() for the default).
   plateau: Any  #: state of the `plateau` transformation (() without it).
 
@@ -52,6 +58,8 @@ class ScaleByDistanceState(NamedTuple):
 # The initial estimate and its cap relative to the params' rms, where the user gives none.
 DEFAULT_INITIAL_LEARNING_RATE = 1e-6
 DEFAULT_MAX_RELATIVE_STEP = 0.1
+# The estimate's sums read every k-th slice of each leaf: two buffers of 1/16 the params' size.
+DEFAULT_SUBSAMPLE = 16
 
 # What a number passed positionally would be mistaken for.
 KEYWORD_ONLY_HINT = (
@@ -74,6 +82,7 @@ def scale_by_distance(
   eps: float = 1e-8,
   plateau: Optional[optax.GradientTransformation] = None,
   weighted_direction: Optional[tuple[jax.typing.ArrayLike, jax.typing.ArrayLike]] = None,
+  subsample: Optional[int] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Learning rate from an estimate of the distance to a solution, over the whole run.
 
@@ -111,6 +120,15 @@ def scale_by_distance(
   max(rms(x_0), 1e-3))`` (``rms`` the root mean square of the params), so a too large guess
   (which the growing estimate could never undo) is cut to a step of a tenth of the typical
   parameter size; a small one grows by the estimate within tens of steps.
+
+  Subsample. The estimate needs two global sums per step, ``<g_k, x_0 - x_k>`` and ``||s_k||_1``.
+  They are taken over a fixed subsample of about one coordinate in ``subsample`` of each leaf of
+  at least 65,536 elements (every ``p``-th slice along its leading long axis, ``p`` the smallest
+  prime not below ``subsample``; smaller leaves whole), each leaf's part scaled by its size over
+  its sample's: ``x_0`` and ``s`` are kept only there (about ``2 / subsample`` parameter-sized
+  buffers on a large model) and the sums read that much of the params. Both sums estimate the
+  full ones; their ratio, the estimate, is the one the sampled coordinates see.
+  ``subsample=1`` is the full estimate.
 
   ``learning_rate`` multiplies the step, not the estimate: a factor on the tuned rate (1 by
   default; a schedule of the update count for a warm-up or a decay on top of it, as with
@@ -165,6 +183,9 @@ def scale_by_distance(
     weighted_direction: ``(b1, b2)``, the moment decays of an Adam-like ``direction`` whose
       moments become averages weighted by ``d_k / d_0`` (see above); ``None`` (default) feeds
       it the gradients as they are.
+    subsample: the estimate's sums read about one coordinate in ``subsample`` of each large
+      leaf (``>= 1``; see above); ``None`` for 16, ``1`` for every coordinate. It sizes state
+      arrays: under ``optax.inject_hyperparams`` name it in ``static_args``.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; the state's ``learning_rate`` is the rate the
@@ -193,14 +214,12 @@ def scale_by_distance(
     <https://arxiv.org/abs/1803.02021>`_, ICLR 2018.
   """
   validation.check_range("learning_rate", learning_rate, low=0.0)
-  validation.check_init_only("initial_learning_rate", initial_learning_rate)
   validation.check_range(
     "initial_learning_rate", initial_learning_rate, low=0.0, low_inclusive=False, allow_none=True
   )
   validation.check_range("decay", decay, low=0.0, high=1.0, low_inclusive=False)
   validation.check_range("step_scale", step_scale, low=0.0, low_inclusive=False)
-  validation.check_init_only("max_relative_step", max_relative_step)
-  if max_relative_step != math.inf:
+  if not _is_inf(max_relative_step):
     validation.check_range(
       "max_relative_step", max_relative_step, low=0.0, low_inclusive=False, allow_none=True
     )
@@ -224,6 +243,9 @@ def scale_by_distance(
     DEFAULT_INITIAL_LEARNING_RATE if initial_learning_rate is None else initial_learning_rate
   )
   max_relative_step = DEFAULT_MAX_RELATIVE_STEP if max_relative_step is None else max_relative_step
+  validation.check_static("subsample", subsample)
+  validation.check_int("subsample", subsample, low=1)
+  subsample_ = DEFAULT_SUBSAMPLE if subsample is None else int(subsample)
   # A unit factor (the default) is left out of the arithmetic altogether.
   unit_factor = (
     not callable(learning_rate)
@@ -243,7 +265,7 @@ def scale_by_distance(
     validation.check_float_params(params)
     dtype = numerics.scalar_dtype(params)
     d0 = jnp.asarray(initial_learning_rate, dtype)
-    if max_relative_step != math.inf:
+    if not _is_inf(max_relative_step):
       # The cap, read from x_0 (the params the estimate measures from).
       size = max(optax.tree.size(params), 1)
       acc = jnp.promote_types(dtype, jnp.float32)
@@ -260,8 +282,10 @@ def scale_by_distance(
       mean_square=jnp.zeros((), dtype),
       max_mean_square=jnp.zeros((), dtype),
       # A copy, not the caller's arrays, so the state can be donated with the params.
-      initial_params=jax.tree.map(lambda p: jnp.array(p, copy=True), params),
-      grad_sum=optax.tree.zeros_like(params),
+      initial_params=jax.tree.map(
+        lambda p: jnp.array(p, copy=True), sampling.sample(params, subsample_)
+      ),
+      grad_sum=optax.tree.zeros_like(sampling.sample(params, subsample_)),
       direction=direction.init(params) if direction is not None else (),
       plateau_scale=jnp.ones((), dtype),
       plateau=plateau.init(jnp.ones((), dtype)) if plateau is not None else (),
@@ -303,13 +327,18 @@ def scale_by_distance(
     # every g is), the estimate's <g, x_0 - x> and ||s_new||_1 = ||decay s + lam g||_1 (lam from
     # this step's d: a new d reaches the next step), written as decay ||s + (lam / decay) g||_1
     # so that it shares no subexpression with the state's s_new (a shared one is materialized).
+    # All three on the subsample (sampled_grad), each leaf's part scaled to estimate the full
+    # sum; sum g^2 then estimates the mean square and flags a non-finite sampled gradient (the
+    # whole step's guard is stop_when's).
+    sampled_grad = sampling.sample(updates, subsample_)
     grad_sq, numerator_term, l1 = numerics.sums(
       lambda g, p0, p, s_: (g * g, g * (p0 - p), jnp.abs(s_ + (lam / decay).astype(acc) * g)),
-      updates,
+      sampled_grad,
       state.initial_params,
-      params,
+      sampling.sample(params, subsample_),
       state.grad_sum,
       dtype=acc,
+      leaf_weights=None if subsample_ == 1 else sampling.weights(updates, subsample_),
     )
     l1 = decay * l1
     finite = jnp.isfinite(grad_sq)
@@ -336,7 +365,7 @@ def scale_by_distance(
 
     numerator = decay * state.numerator + lam * numerator_term.astype(dtype)
     grad_sum = jax.tree.map(
-      lambda s_, g: (decay * s_ + lam * g).astype(s_.dtype), state.grad_sum, updates
+      lambda s_, g: (decay * s_ + lam * g).astype(s_.dtype), state.grad_sum, sampled_grad
     )
     estimate = numerics.safe_div(numerator, l1.astype(dtype))
     new_d = jnp.where(finite, jnp.maximum(d, estimate), d)

@@ -12,6 +12,7 @@ import operator
 from collections.abc import Callable
 from collections.abc import Sequence
 from typing import Any
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -47,7 +48,10 @@ def vdot(tree_x: Any, tree_y: Any, dtype: Any = jnp.float32) -> jax.Array:
 
 
 def sums(
-  terms: Callable[..., Sequence[jax.Array]], *trees: Any, dtype: Any = jnp.float32
+  terms: Callable[..., Sequence[jax.Array]],
+  *trees: Any,
+  dtype: Any = jnp.float32,
+  leaf_weights: Optional[Sequence[float]] = None,
 ) -> tuple[jax.Array, ...]:
   """Global sums of several elementwise terms of ``trees``' leaves.
 
@@ -55,7 +59,9 @@ def sums(
   in at least float32); each is summed over all elements of all leaves, accumulated in at least
   ``dtype``. Each term is its own full reduction (no reshape), so sharded leaves reduce across
   devices without being gathered. One variadic reduction would read the inputs once for all
-  terms, but the SPMD partitioner gathers the operands of a variadic reduction.
+  terms, but the SPMD partitioner gathers the operands of a variadic reduction. With
+  ``leaf_weights`` (static numbers, one per leaf) each leaf's sums are multiplied by its weight
+  (a weight of exactly 1 multiplies nothing).
   """
   acc = jnp.promote_types(dtype, jnp.float32)
   jax.tree.map(lambda *_: None, *trees)  # the trees' structures must match, as tree.map checks
@@ -66,6 +72,11 @@ def sums(
   per_leaf = [
     [jnp.sum(jnp.asarray(t, acc)) for t in terms(*(x.astype(acc) for x in xs))] for xs in leaves
   ]
+  if leaf_weights is not None:
+    per_leaf = [
+      [s if w == 1 else jnp.asarray(w, acc) * s for s in column]
+      for w, column in zip(leaf_weights, per_leaf, strict=True)
+    ]
   return tuple(functools.reduce(operator.add, column).astype(dtype) for column in zip(*per_leaf))
 
 

@@ -78,7 +78,9 @@ class StopWhenState(NamedTuple):
   count: jax.Array  #: int32: updates applied (skipped and zero updates after the signal excluded).
   grad_norm: jax.Array  #: ||g|| at the latest call.
   initial_grad_norm: jax.Array  #: the first finite gradient norm ||g_0||, for rtol.
-  update_norm: jax.Array  #: ||update|| of the latest applied update.
+  #: ||update|| of the latest applied update (inf where neither ``check_updates`` nor ``xtol``
+  #: asks for it).
+  update_norm: jax.Array
   last_value: jax.Array  #: loss at the latest finite step (inf before the first).
   best_value: jax.Array  #: lowest loss seen, for patience.
   steps_since_improvement: jax.Array  #: int32: calls since best_value last improved.
@@ -110,6 +112,7 @@ def stop_when(
   validation_patience: Optional[int] = None,
   max_nonfinite: int = 5,
   pass_nonfinite: bool = False,
+  check_updates: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Wrap a transformation with a stopping signal and a non-finite guard.
 
@@ -140,6 +143,14 @@ def stop_when(
   non-finite inputs still stop the run. NaN never
   satisfies a convergence test. Norms are global over the pytree (correct for sharded arrays).
 
+  Cost: the gradient norm is one reduction over the gradient. Testing the inner update too
+  (``check_updates``, and ``xtol``) takes another over the update, which then has to be written
+  out and read back before the params can take it: about three more parameter-sized passes per
+  step. With ``check_updates=False`` the decision to apply is made from the inputs alone, before
+  the inner update, and the selection fuses into the update's own pass; for a transformation whose
+  update is finite whenever its inputs and state are (those of :func:`auto_nadamw` and
+  :func:`auto_nag_sgd`, whose directions are bounded).
+
   Args:
     inner: the transformation (or chain) to wrap.
     gtol: absolute gradient-norm tolerance.
@@ -152,6 +163,7 @@ def stop_when(
     validation_patience: updates without a new lowest ``validation_loss`` before stopping.
     max_nonfinite: consecutive non-finite steps tolerated before stopping (>= 1).
     pass_nonfinite: pass non-finite inputs to ``inner`` and apply its finite update.
+    check_updates: also skip a step whose inner update is not finite (see Cost above).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is a :class:`StopWhenState`.
@@ -180,8 +192,13 @@ def stop_when(
   validation.check_int("patience", patience, low=1)
   validation.check_int("validation_patience", validation_patience, low=1)
   validation.check_int("max_nonfinite", max_nonfinite, low=1, allow_none=False)
-  if not isinstance(pass_nonfinite, bool):
-    raise TypeError(f"pass_nonfinite must be a bool, got {pass_nonfinite!r}.")
+  for name, flag in (("pass_nonfinite", pass_nonfinite), ("check_updates", check_updates)):
+    if not isinstance(flag, bool):
+      raise TypeError(f"{name} must be a bool, got {flag!r}.")
+  if pass_nonfinite and not check_updates:
+    raise ValueError(
+      "pass_nonfinite applies the inner update only when finite: it needs check_updates."
+    )
   validation.check_transformation("inner", inner, example="nag_optax.nag(0.1)")
   inner = optax.with_extra_args_support(inner)
 
@@ -305,9 +322,16 @@ def stop_when(
       updates, state.inner_state, params, value=value, **extra_args
     )
     inner_updates = jax.tree.map(lambda u, g: u.astype(g.dtype), inner_updates, updates)
-    update_norm = numerics.norm(inner_updates, dtype)
-    finite = inputs_finite & jnp.isfinite(update_norm)
-    apply = ~state.stop & ~stop_now & (jnp.isfinite(update_norm) if pass_nonfinite else finite)
+    if check_updates or xtol is not None:
+      update_norm = numerics.norm(inner_updates, dtype)
+    else:
+      update_norm = state.update_norm
+    if check_updates:
+      finite = inputs_finite & jnp.isfinite(update_norm)
+      apply = ~state.stop & ~stop_now & (jnp.isfinite(update_norm) if pass_nonfinite else finite)
+    else:
+      finite = inputs_finite
+      apply = ~state.stop & ~stop_now & finite
 
     nonfinite_count = jnp.where(finite, 0, state.nonfinite_count + 1)
     reason = fire(reason, ~finite & (nonfinite_count >= max_nonfinite), StopReason.NONFINITE)

@@ -235,12 +235,11 @@ def keyword_only(hint: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
   return decorate
 
 
-def check_init_only(name: str, value: Any) -> None:
-  """Raise TypeError for a hyperparameter read only by ``init`` that arrives as an array, as
-  ``optax.inject_hyperparams`` passes the hyperparameters it exposes: changing it there would
-  change nothing, silently."""
+def check_static(name: str, value: Any) -> None:
+  """Raise TypeError for an argument that sizes state arrays but arrives as an array (traced,
+  or injected by ``optax.inject_hyperparams``): it must be a Python number."""
   if isinstance(value, (jax.Array, np.ndarray)):
     raise TypeError(
-      f"{name} is read once, when the state is initialised, so it cannot be injected: pass it "
-      f"as a Python number (under optax.inject_hyperparams, in static_args=({name!r},))."
+      f"{name} sets the size of a state array and cannot be an array or traced: pass a Python "
+      f"int (under optax.inject_hyperparams, in static_args=({name!r},))."
     )

@@ -1,0 +1,78 @@
+"""A fixed subsample of coordinates, for statistics that need only a few scalars per step.
+
+The distance estimate of :func:`scale_by_distance` reads two global sums per step. Summed over a
+fixed ``1/k`` of the coordinates of each large leaf and scaled by the leaf's size over the
+sample's, they estimate the full sums while the buffers they need shrink ``k``-fold.
+
+Which coordinates: every ``p``-th index along the leaf's leading axis that has at least ``p``
+indices (its longest axis where none has), ``p`` the smallest prime not below ``k``. Whole
+slices of the row-major leaf are contiguous memory, where scattered elements would have every
+cache line read; a strided slice of a sharded leaf stays on each shard, where a flattened leaf
+would be gathered; and a prime stride does not align with the power-of-two or image-width
+periods that an input axis often has (every 16th input pixel of 8-pixel-wide images is always the
+same column). Leaves of fewer than ``MIN_SAMPLED_SIZE`` elements are taken whole: they cost
+little memory, and a few slices of them would be a poor sample.
+"""
+
+import math
+from typing import Any
+
+import jax
+
+# Leaves smaller than this are summed whole (2**16 float32 elements: 256 KiB).
+MIN_SAMPLED_SIZE = 2**16
+
+
+def stride(subsample: int) -> int:
+  """The sample's stride for about one coordinate in ``subsample``: the smallest prime
+  ``>= subsample`` (1 for 1)."""
+  p = max(int(subsample), 1)
+  while p > 2 and any(p % q == 0 for q in range(2, math.isqrt(p) + 1)):
+    p += 1
+  return p
+
+
+def axis(shape: tuple, step: int) -> int:
+  """The axis a leaf of ``shape`` is sampled along: the first with at least ``step`` indices,
+  else the longest (the first of equals)."""
+  for i, n in enumerate(shape):
+    if n >= step:
+      return i
+  return max(range(len(shape)), key=lambda i: (shape[i], -i))
+
+
+def _sampled(shape: tuple, step: int) -> bool:
+  return step > 1 and len(shape) > 0 and math.prod(shape) >= MIN_SAMPLED_SIZE
+
+
+def sample(tree: Any, subsample: int) -> Any:
+  """Each large leaf's every ``stride(subsample)``-th slice (see the module); small leaves and
+  ``subsample = 1`` whole."""
+  step = stride(subsample)
+  if step == 1:
+    return tree
+
+  def leaf(x):
+    if not _sampled(x.shape, step):
+      return x
+    index = [slice(None)] * x.ndim
+    index[axis(x.shape, step)] = slice(None, None, step)
+    return x[tuple(index)]
+
+  return jax.tree.map(leaf, tree)
+
+
+def weights(tree: Any, subsample: int) -> list:
+  """Per leaf (in ``jax.tree.leaves`` order), its size over its sample's: the factor that turns
+  a sum over the sample into an estimate of the sum over the leaf (1 for a whole leaf)."""
+  step = stride(subsample)
+  out = []
+  for x in jax.tree.leaves(tree):
+    shape = tuple(x.shape)
+    if not _sampled(shape, step):
+      out.append(1.0)
+      continue
+    i = axis(shape, step)
+    sampled = shape[:i] + (-(-shape[i] // step),) + shape[i + 1 :]
+    out.append(math.prod(shape) / math.prod(sampled))
+  return out
