@@ -54,9 +54,9 @@ def factored_axes(shape: tuple, min_dim_size: int = MIN_DIM_SIZE_TO_FACTOR) -> O
 
 
 def scale_by_factored_nadam(
-  b1: float = 0.9,
-  b2: float = 0.999,
-  eps: float = 1e-8,
+  b1: jax.typing.ArrayLike = 0.9,
+  b2: jax.typing.ArrayLike = 0.999,
+  eps: jax.typing.ArrayLike = 1e-8,
   *,
   mu_dtype: Optional[jax.typing.DTypeLike] = None,
 ) -> optax.GradientTransformation:
