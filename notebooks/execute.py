@@ -6,6 +6,7 @@ same way (:func:`execute`) and compares what they print with the committed outpu
 """
 
 import contextlib
+import importlib.metadata
 import json
 import os
 import pathlib
@@ -17,6 +18,15 @@ import nbformat
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
+# The packages whose versions the printed figures depend on; recorded in each notebook's metadata
+# at execution, so that a comparison knows whether the same figures are to be expected.
+VERSIONED = ("jax", "jaxlib", "optax", "flax", "numpy", "scikit-learn")
+METADATA_KEY = "executed_with"
+
+
+def versions() -> dict:
+  """The versions of ``VERSIONED`` in this interpreter (the one the kernel runs)."""
+  return {name: importlib.metadata.version(name) for name in VERSIONED}
 
 
 @contextlib.contextmanager
@@ -26,7 +36,9 @@ def kernel_environment():
   The kernelspec is found first through JUPYTER_PATH, whatever kernelspecs the machine has; the
   checkout goes first on the kernel's PYTHONPATH, so that another installed copy (an editable
   install of another worktree, say) is not the one the notebooks run; figures render without a
-  display (MPLBACKEND=Agg).
+  display (MPLBACKEND=Agg). XLA_FLAGS is dropped: the notebooks run on XLA's default devices, as
+  a reader runs them (``make test`` asks for 8 virtual CPU devices, which changes the rounding
+  of some float32 reductions and so the figures of a long float32 run).
   """
   saved = dict(os.environ)
   with tempfile.TemporaryDirectory() as jupyter_path:
@@ -45,6 +57,7 @@ def kernel_environment():
     for name, entries in paths.items():
       os.environ[name] = os.pathsep.join(p for p in entries if p)
     os.environ["MPLBACKEND"] = "Agg"
+    os.environ.pop("XLA_FLAGS", None)
     try:
       yield
     finally:
@@ -53,7 +66,8 @@ def kernel_environment():
 
 
 def execute(path: pathlib.Path) -> nbformat.NotebookNode:
-  """The notebook at ``path``, executed top to bottom in a fresh kernel (not written back)."""
+  """The notebook at ``path``, executed top to bottom in a fresh kernel (not written back), with
+  the versions it ran with in its metadata."""
   nb = nbformat.read(path, as_version=4)
   with kernel_environment():
     nbclient.NotebookClient(
@@ -63,6 +77,7 @@ def execute(path: pathlib.Path) -> nbformat.NotebookNode:
       record_timing=False,  # no timestamps in the committed copies: they would change every run
       resources={"metadata": {"path": str(path.parent)}},
     ).execute()
+  nb.metadata[METADATA_KEY] = versions()
   return nb
 
 
