@@ -212,7 +212,7 @@ def test_a_relative_tolerance_of_one_or_more_is_rejected(rtol):
   "kwargs,extra,unfed",
   [
     (dict(patience=3), {}, "patience=3 never fires without the `value`"),
-    (dict(ftol=1e-6, patience=3), {}, "ftol=1e-06, patience=3 never fire"),
+    (dict(ftol=1e-6, patience=3), {}, "ftol=1e-06 and patience=3 never fire"),
     (dict(validation_patience=5), {"value": 1.0}, "validation_patience=5 never fires .*`valid"),
   ],
 )

@@ -200,7 +200,7 @@ def test_fixed_length_scan_is_safe_after_stopping(x64):
 def test_ftol_and_patience_are_ignored_without_value():
   q, x0 = _problem()
   tx = nag_optax.stop_when(nag_optax.nag(1e-3), ftol=0.5, patience=1)
-  with pytest.warns(UserWarning, match="ftol=0.5, patience=1 never fire without the `value`"):
+  with pytest.warns(UserWarning, match="ftol=0.5 and patience=1 never fire without the `value`"):
     _, state, _ = _drive(tx, q.value, x0, 10, with_value=False)
   assert not bool(state.stop)
 
@@ -312,3 +312,86 @@ def test_a_stop_reason_prints_its_name():
   assert f"stopped: {reason}" == "stopped: MAX_STEPS"
   assert f"{reason:>10}" == " MAX_STEPS"
   assert f"{reason:d}" == "5" and int(reason) == 5
+
+
+def _validation_stops(tx, losses):
+  """Whether the signal has fired after each update fed ``losses`` as ``validation_loss``."""
+  params = jnp.ones(2)
+  state = tx.init(params)
+  stops = []
+  for val in losses:
+    _, state = tx.update(jnp.ones(2), state, params, validation_loss=jnp.asarray(val))
+    stops.append(bool(nag_optax.should_stop(state)))
+  return np.array(stops), state
+
+
+def test_a_new_best_must_improve_by_the_minimum_relative_delta():
+  # 1.0, then 0.995 (0.5% lower: not a new best with min_delta 1%), then 0.98 (2%: a new best).
+  losses = [1.0] + [0.995] * 4 + [0.98] + [0.979] * 6
+  tx = nag_optax.stop_when(nag_optax.nag(0.1), validation_patience=4, validation_min_delta=0.01)
+  stops, state = _validation_stops(tx, losses)
+  # Best 1.0 at update 0; 0.995 does not count: updates 1-4 make four without a new best.
+  assert stops.tolist() == [False] * 4 + [True] * 8
+  plain = nag_optax.stop_when(nag_optax.nag(0.1), validation_patience=4)
+  stops, _ = _validation_stops(plain, losses)
+  assert not stops[:9].any()  # without min_delta 0.995 and 0.98 are bests
+
+
+def test_the_patience_grows_with_the_step_of_the_best():
+  # A best at update 40, then flat: the stop waits max(5, 0.5 * 40) = 20 updates.
+  losses = list(np.linspace(2.0, 1.0, 41)) + [1.0] * 40
+  tx = nag_optax.stop_when(nag_optax.nag(0.1), validation_patience=5, validation_patience_ratio=0.5)
+  stops, state = _validation_stops(tx, losses)
+  assert int(state.best_validation_step) == 40
+  assert int(np.argmax(stops)) == 60  # 20 updates after the best: 1.5x its step
+  fixed = nag_optax.stop_when(nag_optax.nag(0.1), validation_patience=5)
+  assert int(np.argmax(_validation_stops(fixed, losses)[0])) == 45
+
+
+def test_a_loss_still_falling_by_more_than_min_delta_never_stops():
+  losses = 2.0 * 0.97 ** np.arange(300)  # 3% lower at every update
+  tx = nag_optax.stop_when(
+    nag_optax.nag(0.1),
+    validation_patience=5,
+    validation_min_delta=0.02,
+    validation_patience_ratio=0.5,
+  )
+  assert not _validation_stops(tx, losses)[0].any()
+
+
+def test_a_saturated_model_whose_loss_creeps_down_stops():
+  # A model that classifies every validation sample right from update 750 on: its loss keeps
+  # setting tiny new lows (0.0037 to 0.0026 over 4,250 updates). Without a minimum improvement
+  # the patience never runs out; with one the stop comes within 1.5x the step of the best.
+  steps = np.arange(5000)
+  losses = np.where(
+    steps < 750,
+    0.0037 * (2.3 / 0.0037) ** (1 - steps / 750),
+    0.0037 * (0.0026 / 0.0037) ** ((steps - 750) / 4250),
+  )
+  plain = nag_optax.stop_when(nag_optax.nag(0.1), validation_patience=600)
+  assert not _validation_stops(plain, losses)[0].any()
+  tx = nag_optax.stop_when(
+    nag_optax.nag(0.1),
+    validation_patience=100,
+    validation_min_delta=0.05,
+    validation_patience_ratio=0.5,
+  )
+  stops, state = _validation_stops(tx, losses)
+  assert stops.any() and int(np.argmax(stops)) <= 1.5 * 750
+
+
+def test_the_validation_stop_warnings_name_the_argument_and_point_at_the_callers_line():
+  import warnings
+
+  tx = nag_optax.stop_when(nag_optax.nag(0.1), validation_patience=3)
+  params = jnp.ones(2)
+  state = tx.init(params)
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    jax.jit(lambda s: tx.update(jnp.ones(2), s, params, val_loss=1.0))(state)  # misspelled
+  messages = [str(w.message) for w in caught]
+  assert any("without the `validation_loss` extra argument" in m for m in messages), messages
+  assert any("val_loss=" in m and "did you mean validation_loss=?" in m for m in messages)
+  assert not any("value=loss)), or drop" in m for m in messages)  # not the training loss's hint
+  assert {w.filename for w in caught} == {__file__}  # this test's line, not a library's

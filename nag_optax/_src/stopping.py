@@ -1,7 +1,11 @@
 """The stopping signal: ``stop_when`` wraps any transformation with convergence tests and a
 non-finite guard; ``should_stop`` / ``stop_reason`` read it from any state tree."""
 
+import difflib
 import enum
+import importlib.util
+import os
+import sys
 import warnings
 from typing import Any
 from typing import NamedTuple
@@ -86,8 +90,11 @@ class StopWhenState(NamedTuple):
   steps_since_improvement: jax.Array  #: int32: calls since best_value last improved.
   nonfinite_count: jax.Array  #: int32: consecutive skipped non-finite steps.
   total_nonfinite: jax.Array  #: int32: skipped non-finite steps in all.
-  best_validation: jax.Array  #: lowest `validation_loss` seen (inf before the first).
+  #: The best ``validation_loss`` seen: the lowest that improved on the one before by at least
+  #: ``validation_min_delta`` (inf before the first).
+  best_validation: jax.Array
   steps_since_validation_improvement: jax.Array  #: int32: calls since best_validation improved.
+  best_validation_step: jax.Array  #: int32: ``count`` when best_validation was set.
 
 
 def _learning_rates(inner_state):
@@ -110,6 +117,8 @@ def stop_when(
   patience: Optional[int] = None,
   min_learning_rate: Optional[float] = None,
   validation_patience: Optional[int] = None,
+  validation_min_delta: float = 0.0,
+  validation_patience_ratio: float = 0.0,
   max_nonfinite: int = 5,
   pass_nonfinite: bool = False,
   check_updates: bool = True,
@@ -124,11 +133,17 @@ def stop_when(
   * ``max_steps`` updates have been applied (``MAX_STEPS``);
   * ``f`` has not gone below its best for ``patience`` calls (``PATIENCE``; needs ``value``);
   * the inner state's ``learning_rate`` ``< min_learning_rate`` (``MIN_LEARNING_RATE``);
-  * the ``validation_loss`` extra argument has not gone below its best for
-    ``validation_patience`` calls (``VALIDATION_PATIENCE``): the early stopping of deep
-    learning. Pass the latest measured validation loss at every update (it may stay the same
-    between evaluations: calls without a new best count towards the patience), so the patience is
-    in updates, whatever the evaluation interval;
+  * the ``validation_loss`` extra argument ``v`` has set no new best for
+    ``max(validation_patience, validation_patience_ratio * t_best)`` calls, ``t_best`` the update
+    count when the best was set (``VALIDATION_PATIENCE``): the early stopping of deep learning. A
+    new best is a validation loss below the best by at least ``validation_min_delta`` of it,
+    ``v < v_best - min_delta |v_best|``, so that a loss creeping down by tiny amounts (a model
+    that already classifies everything right) does not keep the run going; and the patience
+    grows with the run, so the stop comes at most ``1 + validation_patience_ratio`` times the
+    step of the best once that term dominates. Pass the latest measured validation loss at every
+    update (it may stay the same between evaluations: calls without a new best count towards
+    the patience), so the patience is in updates, whatever the evaluation interval; pass the
+    loss of the params you would keep (with an iterate average, of the average);
   * after applying it, the inner update's norm ``<= xtol`` (``XTOL``).
 
   The tests on ``g`` and ``f`` are made before the inner update, so the call that finds a
@@ -160,7 +175,12 @@ def stop_when(
     max_steps: the most updates to apply.
     patience: calls without a new lowest loss before stopping.
     min_learning_rate: stop when the ``learning_rate`` in the inner state falls below this floor.
-    validation_patience: updates without a new lowest ``validation_loss`` before stopping.
+    validation_patience: updates without a new best ``validation_loss`` before stopping (the
+      least the stop waits); ``None`` for no validation stop.
+    validation_min_delta: the relative improvement a validation loss needs to count as a new
+      best, in ``[0, 1)``.
+    validation_patience_ratio: the stop also waits this fraction of the update count at which
+      the best was set (``>= 0``).
     max_nonfinite: consecutive non-finite steps tolerated before stopping (>= 1).
     pass_nonfinite: pass non-finite inputs to ``inner`` and apply its finite update.
     check_updates: also skip a step whose inner update is not finite (see Cost above).
@@ -191,6 +211,10 @@ def stop_when(
   validation.check_int("max_steps", max_steps, low=0)
   validation.check_int("patience", patience, low=1)
   validation.check_int("validation_patience", validation_patience, low=1)
+  validation.check_range(
+    "validation_min_delta", validation_min_delta, low=0.0, high=1.0, high_inclusive=False
+  )
+  validation.check_range("validation_patience_ratio", validation_patience_ratio, low=0.0)
   validation.check_int("max_nonfinite", max_nonfinite, low=1, allow_none=False)
   for name, flag in (("pass_nonfinite", pass_nonfinite), ("check_updates", check_updates)):
     if not isinstance(flag, bool):
@@ -230,27 +254,37 @@ def stop_when(
       total_nonfinite=izero,
       best_validation=inf,
       steps_since_validation_improvement=izero,
+      best_validation_step=izero,
     )
 
-  def _warn_if_unfed(value, validation_loss):
+  def _warn_if_unfed(value, validation_loss, extra_args):
     # Decided at trace time (whether the extra argument was passed at all), so under jit it warns
     # once per compilation; Python's default filter shows each warning once per place.
-    unfed, needs = [], []
-    if value is None:
-      unfed += [f"{n}={v!r}" for n, v in (("ftol", ftol), ("patience", patience)) if v is not None]
-      needs += ["`value` (the training loss)"] if unfed else []
-    if validation_loss is None and validation_patience is not None:
-      unfed.append(f"validation_patience={validation_patience!r}")
-      needs.append("`validation_loss`")
-    if unfed:
-      needs = " and ".join(needs)
-      warnings.warn(
-        f"stop_when: {', '.join(unfed)} never {'fires' if len(unfed) == 1 else 'fire'} without "
-        f"the {needs} extra argument, and "
-        "this update got none: pass it to update (Flax NNX: optimizer.update(model, grads, "
-        "value=loss)), or drop the criterion.",
-        stacklevel=3,
+    messages = []
+    training = [f"{n}={v!r}" for n, v in (("ftol", ftol), ("patience", patience)) if v is not None]
+    if value is None and training:
+      messages.append(
+        f"{' and '.join(training)} never {'fires' if len(training) == 1 else 'fire'} without the "
+        "`value` extra argument (the training loss), and this update got none: pass it, "
+        "tx.update(grads, state, params, value=loss) (Flax NNX: optimizer.update(model, grads, "
+        "value=loss)), or drop the criterion."
       )
+    if validation_loss is None and validation_patience is not None:
+      messages.append(
+        f"validation_patience={validation_patience!r} never fires without the `validation_loss` "
+        "extra argument, and this update got none: pass the latest validation loss at every "
+        "update, tx.update(grads, state, params, validation_loss=val_loss) (Flax NNX: "
+        "optimizer.update(model, grads, validation_loss=val_loss)), or drop the criterion."
+      )
+    for name in extra_args:
+      close = difflib.get_close_matches(name, KNOWN_EXTRA_ARGS, n=1, cutoff=0.6)
+      if name not in KNOWN_EXTRA_ARGS and close:
+        messages.append(
+          f"update got an extra argument {name}=, which no nag_optax transformation reads: "
+          f"did you mean {close[0]}=?"
+        )
+    for message in messages:
+      _warn_at_caller(f"stop_when: {message}")
 
   def update_fn(updates, state, params=None, *, value=None, validation_loss=None, **extra_args):
     updates, params = validation.updates_and_params(updates, params)
@@ -260,7 +294,7 @@ def stop_when(
           f"{arg_name} must be a scalar loss (reduce it, e.g. with jnp.mean), got shape "
           f"{jnp.shape(arg)}."
         )
-    _warn_if_unfed(value, validation_loss)
+    _warn_if_unfed(value, validation_loss, extra_args)
     dtype = state.grad_norm.dtype
     grad_norm = numerics.norm(updates, dtype)
     has_value = value is not None
@@ -295,15 +329,25 @@ def stop_when(
       reason = fire(reason, steps_since_improvement >= patience, StopReason.PATIENCE)
     if validation_loss is not None:
       val = jnp.asarray(validation_loss).astype(dtype)
-      val_improved = jnp.isfinite(val) & (val < state.best_validation)
-      best_validation = jnp.where(val_improved, val, state.best_validation)
+      best = state.best_validation
+      margin = jnp.where(jnp.isfinite(best), validation_min_delta * jnp.abs(best), 0.0)
+      val_improved = jnp.isfinite(val) & (val < best - margin)
+      best_validation = jnp.where(val_improved, val, best)
+      best_step = jnp.where(val_improved, state.count, state.best_validation_step)
       steps_since_val = jnp.where(val_improved, 0, state.steps_since_validation_improvement + 1)
       if validation_patience is not None:
+        wait = jnp.maximum(
+          jnp.asarray(validation_patience, dtype),
+          validation_patience_ratio * best_step.astype(dtype),
+        )
         reason = fire(
-          reason, steps_since_val >= validation_patience, StopReason.VALIDATION_PATIENCE
+          reason,
+          steps_since_val.astype(dtype) >= wait,
+          StopReason.VALIDATION_PATIENCE,
         )
     else:
       best_validation = state.best_validation
+      best_step = state.best_validation_step
       steps_since_val = state.steps_since_validation_improvement
     if max_steps is not None:
       reason = fire(reason, state.count >= max_steps, StopReason.MAX_STEPS)
@@ -362,10 +406,43 @@ def stop_when(
       steps_since_validation_improvement=keep(
         steps_since_val, state.steps_since_validation_improvement
       ),
+      best_validation_step=keep(best_step, state.best_validation_step),
     )
     return new_updates, new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# The extra arguments nag_optax's transformations read; a name close to one of these is reported.
+KNOWN_EXTRA_ARGS = ("value", "value_fn", "grad", "validation_loss")
+
+
+# Frames inside these directories are not the user's call site: nag_optax, Optax, JAX, Flax (NNX's
+# Optimizer.update and jit) and Python's standard library.
+def _package_dir(name: str) -> Optional[str]:
+  spec = importlib.util.find_spec(name)
+  locations = spec.submodule_search_locations if spec is not None else None
+  return os.path.abspath(list(locations)[0]) + os.sep if locations else None
+
+
+_LIBRARY_DIRS = tuple(
+  d
+  for d in [_package_dir(n) for n in ("nag_optax", "optax", "jax", "jaxlib", "flax")]
+  + [os.path.dirname(os.path.abspath(os.__file__)) + os.sep]
+  if d is not None
+)
+
+
+def _is_library_frame(filename: str) -> bool:
+  return os.path.abspath(filename).startswith(_LIBRARY_DIRS) or filename.startswith("<frozen")
+
+
+def _warn_at_caller(message: str) -> None:
+  """Warn at the first frame outside nag_optax, Optax, JAX and Flax: the user's line."""
+  frame, level = sys._getframe(1), 2  # stacklevel 2 is this function's caller
+  while frame is not None and _is_library_frame(frame.f_code.co_filename):
+    frame, level = frame.f_back, level + 1
+  warnings.warn(message, stacklevel=level if frame is not None else 2)
 
 
 def stop_states(state) -> list:
