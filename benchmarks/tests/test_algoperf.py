@@ -116,15 +116,31 @@ def test_stop_outcome_judges_the_stop_against_the_unstopped_run():
   assert loss["relative_loss"] == pytest.approx(0.1 / 2.4)
 
 
-@pytest.mark.parametrize("patience", [1, 3, 7, 12])
-def test_replayed_validation_stop_matches_stop_when(patience):
-  # The replay must fire at the very update where stop_when(validation_patience=...) fires when
-  # fed as the workloads' trainer feeds it: the latest validation loss at every update.
+@pytest.mark.parametrize(
+  "patience,min_delta,ratio",
+  [
+    (1, 0.0, 0.0),
+    (3, 0.0, 0.0),
+    (7, 0.0, 0.0),
+    (12, 0.0, 0.0),
+    (3, 0.05, 0.0),
+    (2, 0.0, 0.3),
+    (3, 0.05, 0.5),
+  ],
+)
+def test_replayed_validation_stop_matches_stop_when(patience, min_delta, ratio):
+  # The replay must fire at the very update where stop_when fires when fed as the workloads'
+  # trainer feeds it: the latest validation loss at every update.
 
   every = 4
   initial = 3.0
   curve = [2.0, 1.5, 1.6, 1.7, 1.4, 1.45, 1.5, 1.55, 1.6, 1.3, 1.35, 1.4, 1.5, 1.6, 1.7, 1.8]
-  tx = nag_optax.stop_when(optax.sgd(0.1), validation_patience=patience)
+  tx = nag_optax.stop_when(
+    optax.sgd(0.1),
+    validation_patience=patience,
+    validation_min_delta=min_delta,
+    validation_patience_ratio=ratio,
+  )
   params = jnp.zeros(2)
   state = tx.init(params)
   seen = [initial] + curve
@@ -134,8 +150,11 @@ def test_replayed_validation_stop_matches_stop_when(patience):
     if nag_optax.should_stop(state):
       fired = t
       break
-  assert algoperf.replay_validation_stop(curve, every, patience, initial) == fired
-  assert fired is not None  # every patience here fires within the run
+  replayed = algoperf.replay_validation_stop(
+    curve, every, patience, initial, min_delta=min_delta, patience_ratio=ratio
+  )
+  assert replayed == fired
+  assert fired is not None  # every rule here fires within the run
 
 
 def test_kept_before_stop_counts_only_earlier_evaluations():

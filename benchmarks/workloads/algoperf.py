@@ -213,24 +213,34 @@ def replay_validation_stop(
   eval_every: int,
   patience: int,
   initial: float = math.inf,
+  *,
+  min_delta: float = 0.0,
+  patience_ratio: float = 0.0,
 ) -> Optional[int]:
-  """The step at which ``stop_when(validation_patience=patience)`` would fire, replayed offline.
+  """The step at which ``stop_when(validation_patience=patience, validation_min_delta=min_delta,
+  validation_patience_ratio=patience_ratio)`` would fire, replayed offline.
 
   As the workloads' trainer feeds it: every update passes the latest measured validation loss,
   ``initial`` (measured before training) during the first block and ``validation_curve[j]``
-  (after block ``j + 1``) during block ``j + 2``. An update with a new lowest finite loss resets
-  the count, any other adds one, and the stop fires at the update whose count reaches
-  ``patience`` (the trainer's recorded stop step). None: it would not fire within the curve.
+  (after block ``j + 1``) during block ``j + 2``. An update whose finite loss is below the best
+  by at least ``min_delta`` of it sets a new best (and the update count at it) and resets the
+  count of updates without one; the stop fires at the update whose count reaches
+  ``max(patience, patience_ratio * count at the best)`` (the trainer's recorded stop step). None:
+  it would not fire within the curve.
   """
   seen = [initial] + list(np.asarray(validation_curve, float))
-  best, since = math.inf, 0
+  best, since, best_step = math.inf, 0, 0
   for block in range(len(seen) - 1):  # the last value arrives after the run's final update
     value = seen[block]
     for k in range(eval_every):
-      improved = math.isfinite(value) and value < best
-      best, since = (value, 0) if improved else (best, since + 1)
-      if since >= patience:
-        return block * eval_every + k + 1
+      update = block * eval_every + k  # updates applied before this one
+      margin = min_delta * abs(best) if math.isfinite(best) else 0.0
+      if math.isfinite(value) and value < best - margin:
+        best, since, best_step = value, 0, update
+      else:
+        since += 1
+      if since >= max(patience, patience_ratio * best_step):
+        return update + 1
   return None
 
 
