@@ -84,3 +84,19 @@ def test_cost_analysis_as_a_dict_or_a_list_of_dicts():
   # Two programs: the bytes add up.
   two = _FakeCompiled([{"bytes accessed": 16.0}, {"bytes accessed": 32.0}], HLO)
   assert step_cost.bytes_accessed(two) == 48.0
+
+
+def _holding(dtype):
+  """A transformation whose state is one buffer of ``dtype`` shaped like the params."""
+  return optax.GradientTransformation(
+    lambda params: optax.tree.zeros_like(params, dtype), lambda updates, state, params=None: None
+  )
+
+
+def test_state_counts_bytes_in_float32_buffers():
+  params, _, _ = _small_problem()
+  assert step_cost.state_buffers(_holding(jnp.float32), params) == 1.0
+  # A bfloat16 buffer is half a float32 one.
+  assert step_cost.state_buffers(_holding(jnp.bfloat16), params) == 0.5
+  # Adam: two float32 moments and an int32 counter (4 bytes over 8,320 parameters).
+  assert step_cost.state_buffers(optax.adam(1e-3), params) == 2.0 + 1 / (64 * 128 + 128)
