@@ -6,6 +6,8 @@ import math
 import jax
 import jax.numpy as jnp
 import optax
+import pytest
+from flax import nnx
 
 from benchmarks import step_cost
 from benchmarks.methods import Method
@@ -151,3 +153,33 @@ def test_the_goals_name_rows_the_suite_measures():
   # Every method as fast and as small as sgd-nesterov: every goal is met.
   assert all(step_cost.judge(goal, table)[0] for goal in step_cost.goals())
   assert set(step_cost.COUNTERPARTS) | set(step_cost.COUNTERPARTS.values()) <= set(table)
+
+
+@pytest.mark.parametrize("spec", step_cost.SMALL_MODELS, ids=lambda spec: spec.name)
+def test_the_small_models_build_and_take_one_nnx_training_step(spec):
+  model = spec.make()
+  params = nnx.state(model, nnx.Param)
+  # The README's Linear(4, 1): kernel and bias; the CNN: two convolutions and two dense layers.
+  assert len(jax.tree.leaves(params)) == {"nnx.Linear(4, 1)": 2, "CNN": 8}[spec.name]
+  before = jax.tree.map(jnp.copy, jax.tree.leaves(params))
+  tx = optax.adamw(1e-3)
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  # The leaves counted from eval_shape are those the nnx.Optimizer holds.
+  assert step_cost.state_leaves(tx, model) == len(jax.tree.leaves(nnx.state(optimizer.opt_state)))
+  x, y = spec.batch()
+  loss = step_cost.nnx_train_step(spec.loss)(model, optimizer, x, y)
+  assert loss.shape == () and jnp.isfinite(loss)
+  after = jax.tree.leaves(nnx.state(model, nnx.Param))
+  assert all(not jnp.array_equal(a, b) for a, b in zip(after, before))
+
+
+def test_small_model_timing_and_goal_on_one_model():
+  methods = [m for m in step_cost.SMALL_METHODS if m.name in (step_cost.ADAMW, step_cost.BASELINE)]
+  measured = step_cost.time_small_models(step_cost.SMALL_MODELS[:1], methods, rounds=2)
+  name = step_cost.SMALL_MODELS[0].name
+  assert set(measured) == {(name, m.name) for m in methods}
+  for r in measured.values():
+    assert len(r["times_s"]) == 2 and 0 < r["best_s"] <= r["median_s"] and r["finite"]
+  # adamw: a counter and two moments per leaf (kernel, bias); SGD momentum: one per leaf.
+  assert measured[name, step_cost.ADAMW]["state_leaves"] == 1 + 2 * 2
+  assert measured[name, step_cost.BASELINE]["state_leaves"] == 2
