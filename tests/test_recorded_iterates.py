@@ -332,8 +332,7 @@ def test_full_precision_is_the_optimizer_before_the_lean_state(name, recorded):
   if str(recorded["fingerprint"]) != _fingerprint():
     pytest.skip("recorded under other versions")
   checkpoints = trajectory(name)[[k - 1 for k in CHECKPOINTS]]
-  # Bit for bit with the average; without it, the guard's decision taken before the update
-  # fuses differently in XLA and the last bits differ (relative 1e-13 after one step).
+  # Equal to rounding: the guard's decision taken before the update, and the statistics packed
+  # into vectors, let XLA fuse the arithmetic differently (last-bit differences from the first
+  # steps, 1e-7 relative after 300).
   np.testing.assert_allclose(checkpoints, before, rtol=1e-5, atol=1e-9)
-  if name == "auto_nadamw_full_precision":
-    np.testing.assert_array_equal(checkpoints, before)

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from nag_optax._src import numerics
 from nag_optax._src import validation
 
 
@@ -47,10 +48,23 @@ class AnnealAfterProgressState(NamedTuple):
   """State of :func:`anneal_after_progress`."""
 
   count: jax.Array  #: int32: losses received.
-  window_sum: jax.Array  #: the sum of the losses of the current window.
-  initial: jax.Array  #: the mean loss of the first window (inf until it is complete).
   progressed: jax.Array  #: bool: a window's mean loss has fallen ``drop`` below ``initial``.
-  inner: Any  #: the state of the wrapped annealing.
+  #: ``(window_sum, initial)``: the sum of the losses of the current window, and the mean loss of
+  #: the first window (inf until it is complete); read them by name.
+  window: jax.Array
+  #: The state of the wrapped annealing; a state of scalars (``reduce_on_plateau``'s) packed into
+  #: one vector per dtype (Flax NNX pays per leaf on every jitted call).
+  inner: Any
+
+  @property
+  def window_sum(self) -> jax.Array:
+    """The sum of the losses of the current window."""
+    return self.window[..., 0]
+
+  @property
+  def initial(self) -> jax.Array:
+    """The mean loss of the first window (inf until it is complete)."""
+    return self.window[..., 1]
 
 
 def anneal_after_progress(
@@ -98,14 +112,22 @@ def anneal_after_progress(
   validation.check_int("window", window, low=1, allow_none=False)
   inner = optax.with_extra_args_support(plateau)
 
+  def pack(inner_state):
+    return numerics.pack_scalars(inner_state) if numerics.all_scalars(inner_state) else inner_state
+
+  def unpack(inner_state, params):
+    # The packed state's layout, from the annealing's own init (for the scale of
+    # scale_by_distance, a unit scalar, as it is initialised with).
+    like = jax.eval_shape(plateau.init, params)
+    return numerics.unpack_scalars(inner_state, like) if numerics.all_scalars(like) else inner_state
+
   def init_fn(params):
     params = validation.as_arrays(params)
     return AnnealAfterProgressState(
       count=jnp.zeros((), jnp.int32),
-      window_sum=jnp.zeros((), jnp.float32),
-      initial=jnp.full((), jnp.inf, jnp.float32),
       progressed=jnp.zeros((), bool),
-      inner=plateau.init(params),
+      window=jnp.array([0.0, jnp.inf], jnp.float32),
+      inner=pack(plateau.init(params)),
     )
 
   def update_fn(updates, state, params=None, *, value=None, **extra_args):
@@ -126,15 +148,18 @@ def anneal_after_progress(
       closes & ~first & (mean <= state.initial - drop * jnp.abs(state.initial))
     )
     inner_updates, inner_state = inner.update(
-      updates, state.inner, params, value=value, **extra_args
+      updates,
+      unpack(state.inner, updates if params is None else params),
+      params,
+      value=value,
+      **extra_args,
     )
     new_updates = optax.tree.where(progressed, inner_updates, updates)
     new_state = AnnealAfterProgressState(
       count=count,
-      window_sum=jnp.where(closes, 0.0, window_sum),
-      initial=initial,
       progressed=progressed,
-      inner=optax.tree.where(progressed, inner_state, state.inner),
+      window=jnp.stack([jnp.where(closes, 0.0, window_sum), initial]),
+      inner=optax.tree.where(progressed, pack(inner_state), state.inner),
     )
     return new_updates, new_state
 

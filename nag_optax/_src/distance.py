@@ -41,18 +41,47 @@ class ScaleByDistanceState(NamedTuple):
   #: The rate the next update applies: ``learning_rate * step_scale * d`` times the plateau factor.
   learning_rate: jax.Array
   distance: jax.Array  #: d_k, the distance estimate; never decreases after the first update.
-  initial_distance: jax.Array  #: d_0, the (capped) initial estimate.
-  #: ``(W1, W2, U1, U2)``: EMAs of ``w``, ``w^2``, ``1`` and ``1`` at the decays ``(b1, b2, b1,
-  #: b2)`` over the finite updates (``weighted_direction``); zeros otherwise.
-  weight_averages: jax.Array
-  numerator: jax.Array  #: r_k = sum_i decay^(k-i) d_i^2 <g_i, x_0 - x_i>.
-  mean_square: jax.Array  #: EMA of mean(g^2) (default direction; 0 otherwise).
-  max_mean_square: jax.Array  #: its decayed running maximum, the default direction's normaliser.
   plateau_scale: jax.Array  #: the factor of `plateau` on the step (1 without it).
+  #: The estimate's other scalars, packed (one leaf, not eight: Flax NNX pays per leaf on every
+  #: jitted call); read them by name: ``initial_distance``, ``numerator``, ``mean_square``,
+  #: ``max_mean_square``, ``weight_averages``.
+  statistics: jax.Array
   initial_params: Any  #: x_0, the params at the first update, on the subsample.
   grad_sum: Any  #: s_k = sum_i decay^(k-i) d_i^2 g_i, on the subsample.
   direction: Any  #: state of the `direction` transformation (() for the default).
   plateau: Any  #: state of the `plateau` transformation (() without it).
+
+  @property
+  def initial_distance(self) -> jax.Array:
+    """d_0, the (capped) initial estimate."""
+    return self.statistics[..., 0]
+
+  @property
+  def numerator(self) -> jax.Array:
+    """r_k = sum_i decay^(k-i) d_i^2 <g_i, x_0 - x_i>."""
+    return self.statistics[..., 1]
+
+  @property
+  def mean_square(self) -> jax.Array:
+    """EMA of mean(g^2) (the default direction; 0 otherwise)."""
+    return self.statistics[..., 2]
+
+  @property
+  def max_mean_square(self) -> jax.Array:
+    """Its decayed running maximum, the default direction's normaliser."""
+    return self.statistics[..., 3]
+
+  @property
+  def weight_averages(self) -> jax.Array:
+    """``(W1, W2, U1, U2)``: EMAs of ``w``, ``w^2``, ``1`` and ``1`` at the decays ``(b1, b2,
+    b1, b2)`` over the finite updates (``weighted_direction``); zeros otherwise."""
+    return self.statistics[..., 4:8]
+
+
+def _statistics(initial_distance, numerator, mean_square, max_mean_square, weight_averages):
+  """:attr:`ScaleByDistanceState.statistics` from its parts."""
+  scalars = jnp.stack([initial_distance, numerator, mean_square, max_mean_square], axis=-1)
+  return jnp.concatenate([scalars, weight_averages], axis=-1)
 
 
 # The initial estimate and its cap relative to the params' rms, where the user gives none.
@@ -276,11 +305,9 @@ def scale_by_distance(
       count=jnp.zeros((), jnp.int32),
       learning_rate=times_factor((step_scale * d0).astype(dtype), jnp.zeros((), jnp.int32)),
       distance=d0,
-      initial_distance=d0,
-      weight_averages=jnp.zeros((4,), dtype),
-      numerator=jnp.zeros((), dtype),
-      mean_square=jnp.zeros((), dtype),
-      max_mean_square=jnp.zeros((), dtype),
+      statistics=_statistics(
+        d0, *(jnp.zeros((), dtype) for _ in range(3)), weight_averages=jnp.zeros((4,), dtype)
+      ),
       # A copy, not the caller's arrays, so the state can be donated with the params.
       initial_params=jax.tree.map(
         lambda p: jnp.array(p, copy=True), sampling.sample(params, subsample_)
@@ -374,11 +401,13 @@ def scale_by_distance(
       count=count,
       learning_rate=times_factor((step_scale * new_d * scale).astype(dtype), count),
       distance=new_d.astype(dtype),
-      initial_distance=state.initial_distance,
-      weight_averages=averages.astype(dtype),
-      numerator=jnp.where(finite, numerator, state.numerator).astype(dtype),
-      mean_square=v.astype(dtype),
-      max_mean_square=vmax.astype(dtype),
+      statistics=_statistics(
+        state.initial_distance,
+        jnp.where(finite, numerator, state.numerator).astype(dtype),
+        v.astype(dtype),
+        vmax.astype(dtype),
+        averages.astype(dtype),
+      ),
       initial_params=state.initial_params,
       grad_sum=optax.tree.where(finite, grad_sum, state.grad_sum),
       direction=dir_state,

@@ -122,3 +122,33 @@ def unbox(x: Any) -> Any:
   if hasattr(x, "get_value"):  # flax.nnx.Variable (its `.value` is deprecated)
     return x.get_value()
   return x.value
+
+
+def pack_scalars(tree: Any) -> tuple:
+  """The 0-d leaves of ``tree`` stacked into one vector per dtype (dtypes in name order): a state
+  of many scalars as a few leaves, which is what Flax NNX pays for per jitted call. Read back
+  with :func:`unpack_scalars`."""
+  leaves = jax.tree.leaves(tree)
+  if any(jnp.ndim(x) != 0 for x in leaves):
+    raise ValueError("pack_scalars packs 0-d leaves only.")
+  dtypes = sorted({jnp.asarray(x).dtype for x in leaves}, key=lambda d: d.name)
+  return tuple(jnp.stack([jnp.asarray(x) for x in leaves if x.dtype == d]) for d in dtypes)
+
+
+def unpack_scalars(packed: tuple, like: Any) -> Any:
+  """The tree of :func:`pack_scalars`'s vectors, shaped as ``like`` (e.g. the state's
+  ``jax.eval_shape``)."""
+  leaves, treedef = jax.tree.flatten(like)
+  dtypes = sorted({jnp.dtype(x.dtype) for x in leaves}, key=lambda d: d.name)
+  position = {d: 0 for d in dtypes}
+  out = []
+  for x in leaves:
+    d = jnp.dtype(x.dtype)
+    out.append(packed[dtypes.index(d)][..., position[d]])
+    position[d] += 1
+  return jax.tree.unflatten(treedef, out)
+
+
+def all_scalars(tree: Any) -> bool:
+  """Whether every leaf of ``tree`` is 0-d (so :func:`pack_scalars` applies)."""
+  return all(jnp.ndim(x) == 0 for x in jax.tree.leaves(tree))

@@ -80,21 +80,100 @@ class StopWhenState(NamedTuple):
   stop: jax.Array  #: bool: the signal; once True, updates are zero.
   reason: jax.Array  #: int32 code of StopReason.
   count: jax.Array  #: int32: updates applied (skipped and zero updates after the signal excluded).
-  grad_norm: jax.Array  #: ||g|| at the latest call.
-  initial_grad_norm: jax.Array  #: the first finite gradient norm ||g_0||, for rtol.
-  #: ||update|| of the latest applied update (inf where neither ``check_updates`` nor ``xtol``
-  #: asks for it).
-  update_norm: jax.Array
-  last_value: jax.Array  #: loss at the latest finite step (inf before the first).
-  best_value: jax.Array  #: lowest loss seen, for patience.
-  steps_since_improvement: jax.Array  #: int32: calls since best_value last improved.
-  nonfinite_count: jax.Array  #: int32: consecutive skipped non-finite steps.
-  total_nonfinite: jax.Array  #: int32: skipped non-finite steps in all.
-  #: The best ``validation_loss`` seen: the lowest that improved on the one before by at least
-  #: ``validation_min_delta`` (inf before the first).
-  best_validation: jax.Array
-  steps_since_validation_improvement: jax.Array  #: int32: calls since best_validation improved.
-  best_validation_step: jax.Array  #: int32: ``count`` when best_validation was set.
+  #: The criteria's float statistics, packed (one leaf, not six: Flax NNX pays per leaf on every
+  #: jitted call); read them by name: ``grad_norm``, ``initial_grad_norm``, ``update_norm``,
+  #: ``last_value``, ``best_value``, ``best_validation``.
+  values: jax.Array
+  #: The criteria's int32 counters, packed; read them by name: ``steps_since_improvement``,
+  #: ``nonfinite_count``, ``total_nonfinite``, ``steps_since_validation_improvement``,
+  #: ``best_validation_step``.
+  counters: jax.Array
+
+  @classmethod
+  def of(cls, inner_state, stop, reason, count, **named) -> "StopWhenState":
+    """The state from its statistics by name (each a scalar, or batched alike)."""
+    return cls(
+      inner_state=inner_state,
+      stop=stop,
+      reason=reason,
+      count=count,
+      values=jnp.stack([jnp.asarray(named[n]) for n in _VALUES], axis=-1),
+      counters=jnp.stack([jnp.asarray(named[n], jnp.int32) for n in _COUNTERS], axis=-1),
+    )
+
+  @property
+  def grad_norm(self) -> jax.Array:
+    """||g|| at the latest call."""
+    return self.values[..., 0]
+
+  @property
+  def initial_grad_norm(self) -> jax.Array:
+    """The first finite gradient norm ||g_0||, for rtol."""
+    return self.values[..., 1]
+
+  @property
+  def update_norm(self) -> jax.Array:
+    """||update|| of the latest applied update (inf where neither ``check_updates`` nor ``xtol``
+    asks for it)."""
+    return self.values[..., 2]
+
+  @property
+  def last_value(self) -> jax.Array:
+    """The loss at the latest finite step (inf before the first)."""
+    return self.values[..., 3]
+
+  @property
+  def best_value(self) -> jax.Array:
+    """The lowest loss seen, for patience."""
+    return self.values[..., 4]
+
+  @property
+  def best_validation(self) -> jax.Array:
+    """The best ``validation_loss`` seen: the lowest that improved on the one before by at least
+    ``validation_min_delta`` (inf before the first)."""
+    return self.values[..., 5]
+
+  @property
+  def steps_since_improvement(self) -> jax.Array:
+    """Calls since best_value last improved."""
+    return self.counters[..., 0]
+
+  @property
+  def nonfinite_count(self) -> jax.Array:
+    """Consecutive skipped non-finite steps."""
+    return self.counters[..., 1]
+
+  @property
+  def total_nonfinite(self) -> jax.Array:
+    """Skipped non-finite steps in all."""
+    return self.counters[..., 2]
+
+  @property
+  def steps_since_validation_improvement(self) -> jax.Array:
+    """Calls since best_validation improved."""
+    return self.counters[..., 3]
+
+  @property
+  def best_validation_step(self) -> jax.Array:
+    """``count`` when best_validation was set."""
+    return self.counters[..., 4]
+
+
+_VALUES = (
+  "grad_norm",
+  "initial_grad_norm",
+  "update_norm",
+  "last_value",
+  "best_value",
+  "best_validation",
+)
+_COUNTERS = (
+  "steps_since_improvement",
+  "nonfinite_count",
+  "total_nonfinite",
+  "steps_since_validation_improvement",
+  "best_validation_step",
+)
 
 
 def _learning_rates(inner_state):
@@ -239,7 +318,7 @@ def stop_when(
     dtype = numerics.scalar_dtype(params)
     inf = jnp.full((), jnp.inf, dtype)
     izero = jnp.zeros((), jnp.int32)
-    return StopWhenState(
+    return StopWhenState.of(
       inner_state=inner_state,
       stop=jnp.zeros((), bool),
       reason=jnp.zeros((), jnp.int32),
@@ -387,7 +466,7 @@ def stop_when(
     new_inner_state = optax.tree.where(apply, inner_state, state.inner_state)
     keep = lambda new, old: jnp.where(state.stop, old, new)
     take_finite = lambda new, old: jnp.where(state.stop | ~inputs_finite, old, new)
-    new_state = StopWhenState(
+    new_state = StopWhenState.of(
       inner_state=new_inner_state,
       stop=state.stop | stop,
       reason=keep(reason, state.reason),
