@@ -283,6 +283,19 @@ AVERAGED_PLATEAU = annealing.anneal_after_progress(
 )
 
 
+# The validation stop of the minibatch optimizers, when validation_patience is set: a new best must
+# improve on the best by this fraction of it, and the stop waits at least this fraction of the step
+# of the best.
+VALIDATION_MIN_DELTA = 0.0
+VALIDATION_PATIENCE_RATIO = 0.0
+
+
+def _minibatch_stop(inner, **criteria) -> optax.GradientTransformationExtraArgs:
+  """The minibatch optimizers' stopping signal around ``inner``; a step is decided from its
+  inputs (their directions are finite whenever their inputs are)."""
+  return stopping.stop_when(inner, check_updates=False, **criteria)
+
+
 @validation.keyword_only(distance.KEYWORD_ONLY_HINT)
 def auto_nag_sgd(
   *,
@@ -293,9 +306,13 @@ def auto_nag_sgd(
   max_relative_step: Optional[float] = None,
   plateau: Optional[optax.GradientTransformation] = DEFAULT_PLATEAU,
   subsample: Optional[int] = None,
+  average_power: Optional[jax.typing.ArrayLike] = None,
+  average_dtype: Optional[jax.typing.DTypeLike] = "bfloat16",
   min_learning_rate: Optional[float] = None,
   patience: Optional[int] = None,
   validation_patience: Optional[int] = None,
+  validation_min_delta: float = VALIDATION_MIN_DELTA,
+  validation_patience_ratio: float = VALIDATION_PATIENCE_RATIO,
   max_steps: Optional[int] = None,
   max_nonfinite: int = 5,
 ) -> optax.GradientTransformationExtraArgs:
@@ -351,8 +368,14 @@ def auto_nag_sgd(
     plateau: the bounded annealing on the training loss ``value`` (see above); ``None`` for none.
     subsample: the distance estimate's sums read every ``subsample``-th slice of each leaf
       (:func:`scale_by_distance`); ``None`` for 16, ``1`` for the full sums.
+    average_power: the power ``p`` of an iterate average (:func:`average_iterates`, kept as a
+      bfloat16 offset from the params: half a buffer); ``None`` (default) for none.
+    average_dtype: dtype of the average's offset (``None``: the average itself, a full buffer).
     min_learning_rate, patience, validation_patience, max_steps, max_nonfinite: the stopping
       signal (:func:`stop_when`).
+    validation_min_delta, validation_patience_ratio: the validation stop's minimum relative
+      improvement and relative patience (:func:`stop_when`), used once ``validation_patience``
+      is set.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with a stopping signal; ``optax.tree.get(state,
@@ -381,6 +404,8 @@ def auto_nag_sgd(
     deep learning <https://proceedings.mlr.press/v28/sutskever13.html>`_, ICML 2013.
   """
   validation.check_range("momentum", momentum, low=0.0, high=1.0, high_inclusive=False)
+  validation.check_range("average_power", average_power, low=0.0, allow_none=True)
+  validation.check_float_dtype("average_dtype", average_dtype)
   inner = optax.chain(
     distance.scale_by_distance(
       learning_rate=learning_rate,
@@ -392,14 +417,17 @@ def auto_nag_sgd(
     ),
     momentum_lib.nesterov(momentum, accumulator_dtype=accumulator_dtype),
   )
-  return stopping.stop_when(
+  if average_power is not None:
+    inner = averaging.average_iterates(inner, power=average_power, offset_dtype=average_dtype)
+  return _minibatch_stop(
     inner,
     max_steps=max_steps,
     patience=patience,
     validation_patience=validation_patience,
+    validation_min_delta=validation_min_delta,
+    validation_patience_ratio=validation_patience_ratio,
     min_learning_rate=min_learning_rate,
     max_nonfinite=max_nonfinite,
-    check_updates=False,
   )
 
 
@@ -422,6 +450,8 @@ def auto_nadamw(
   min_learning_rate: Optional[float] = None,
   patience: Optional[int] = None,
   validation_patience: Optional[int] = None,
+  validation_min_delta: float = VALIDATION_MIN_DELTA,
+  validation_patience_ratio: float = VALIDATION_PATIENCE_RATIO,
   max_steps: Optional[int] = None,
   max_nonfinite: int = 5,
 ) -> optax.GradientTransformationExtraArgs:
@@ -510,6 +540,9 @@ def auto_nadamw(
     min_learning_rate, patience, validation_patience, max_steps, max_nonfinite: the stopping
       signal (:func:`stop_when`); pass the validation loss of the averaged params as
       ``validation_loss``.
+    validation_min_delta, validation_patience_ratio: the validation stop's minimum relative
+      improvement and relative patience (:func:`stop_when`), used once ``validation_patience``
+      is set.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with a stopping signal; ``optax.tree.get(state,
@@ -572,12 +605,13 @@ def auto_nadamw(
   )
   if average_power is not None:
     inner = averaging.average_iterates(inner, power=average_power, offset_dtype=average_dtype)
-  return stopping.stop_when(
+  return _minibatch_stop(
     inner,
     max_steps=max_steps,
     patience=patience,
     validation_patience=validation_patience,
+    validation_min_delta=validation_min_delta,
+    validation_patience_ratio=validation_patience_ratio,
     min_learning_rate=min_learning_rate,
     max_nonfinite=max_nonfinite,
-    check_updates=False,
   )
