@@ -7,14 +7,16 @@ never uses), records every validation evaluation (at the evaluated params: the i
 where the optimizer keeps one), and replays ``stop_when``'s validation stop on those curves
 (``algoperf.replay_validation_stop``, update for update) for every rule of a grid: the least
 patience ``P`` (a fraction of B), the minimum relative improvement ``validation_min_delta`` and the
-relative patience ``validation_patience_ratio``; ``auto_nag_sgd(average_power=7)`` beside the two
-optimizers shows what an iterate average does for ``auto_nag_sgd``'s noisy validation loss. A run meets the goals when the metric it keeps
-(the best evaluation before the stop) loses at most 0.5% against the best of the whole run and the
-stop comes at most 1.5x the step of that best (a rule that never fires meets the second goal only
-if the run's best comes in its last fifth: it was still improving). Per optimizer it prints the
-rules that meet both goals on the most runs, with the worst loss and the median stop / best step.
-``--curves FILE`` saves the curves (``.npz``) on the first call and replays from it afterwards.
-About 8 minutes on 2 cores for five seeds.
+relative patience ``validation_patience_ratio``. ``auto_nag_sgd(average_power=7)`` runs beside
+the two optimizers: what an iterate average does for ``auto_nag_sgd``'s noisy validation loss.
+
+A run meets the goals when the metric it keeps (the best evaluation before the stop) loses at
+most 0.5% against the best of the whole run and the stop comes at most 1.5x the step of that best
+(a rule that never fires meets the second goal only if the run's best comes in its last fifth: it
+was still improving). Per optimizer it prints the rules that meet both goals on the most runs,
+with the worst loss and the median stop / best step. ``--curves FILE`` saves the curves
+(``.npz``) on the first call and replays from it afterwards. About 12 minutes on 2 cores for five
+seeds.
 """
 
 import argparse
