@@ -146,3 +146,17 @@ def test_trainer_evaluates_an_iterate_average_by_default():
   assert np.all(default["val_loss"] != raw["val_loss"])
   assert np.all(default["train_loss_eval"] != raw["train_loss_eval"])
   np.testing.assert_array_equal(default["train_loss"], raw["train_loss"])  # training params
+
+
+def test_mnist1d_splits_have_thousands_of_validation_and_test_samples():
+  splits = data.load_mnist1d_splits()
+  sizes = {k: len(y) for k, (_, y) in splits.items()}
+  assert sizes == dict(
+    train=data.MNIST1D_TRAIN, validation=data.MNIST1D_VALIDATION, test=data.MNIST1D_TEST
+  )
+  assert sizes["validation"] >= 4000 and sizes["test"] >= 4000
+  assert all(set(np.unique(y)) == set(range(10)) for _, y in splits.values())
+  assert splits["train"][0].shape[1:] == (40, 1)
+  # No sample is in two splits.
+  rows = [tuple(x.ravel()) for _, (xs, _) in splits.items() for x in xs]
+  assert len(set(rows)) == len(rows)
