@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
 import nag_optax
 from benchmarks.workloads import algoperf
@@ -75,8 +76,9 @@ def test_trainer_smoke(name):
     )
     out = jax.device_get(train(params, batches, jnp.float32(0.1)))
   assert set(out) == {"metric", "val_loss", "train_loss", "train_loss_eval", "lr", "stop"}
-  for key in ("metric", "val_loss", "train_loss", "train_loss_eval"):
+  for key in ("metric", "val_loss", "train_loss"):
     assert out[key].shape == (blocks,) and np.isfinite(out[key]).all()
+  assert out["train_loss_eval"].shape == () and np.isfinite(out["train_loss_eval"])
   assert out["stop"].shape == () and out["stop"] >= -1
   if name == "stdlib_lm":
     assert 0 < out["metric"][-1] < 8.5  # bits per character of a byte model near its start
@@ -160,3 +162,31 @@ def test_mnist1d_splits_have_thousands_of_validation_and_test_samples():
   # No sample is in two splits.
   rows = [tuple(x.ravel()) for _, (xs, _) in splits.items() for x in xs]
   assert len(set(rows)) == len(rows)
+
+
+def test_evaluation_in_chunks_is_the_whole_splits_accuracy():
+  wl = roster.WORKLOADS["digits_mlp"]()
+  graphdef, params = wl.init_params(0)
+  x, y = wl.arrays("validation")
+  xs, ys, weights = trainer.in_chunks(x, y)
+  assert xs.shape[0] * xs.shape[1] >= len(y) and float(weights.sum()) == len(y)
+  assert ys is not None and xs.shape[1] <= trainer.EVAL_CHUNK
+  batches = jnp.asarray(wl.batch_indices(0, 2))
+  with jax.enable_x64(False):
+    train = jax.jit(trainer.make_trainer(wl, lambda h: optax.sgd(0.0), 1, 2))
+    out = jax.device_get(train(params, batches, jnp.float32(0.0)))
+    logits = nnx.merge(graphdef, params)(x)
+  accuracy = float(jnp.mean(jnp.argmax(logits, -1) == y))
+  loss = float(optax.softmax_cross_entropy_with_integer_labels(logits, y).mean())
+  assert out["metric"][0] == pytest.approx(accuracy, abs=1e-6)
+  assert out["val_loss"][0] == pytest.approx(loss, rel=1e-5)
+
+
+def test_setup_take_keeps_the_first_seeds():
+  wl = roster.WORKLOADS["digits_mlp"]()
+  setup = trainer.prepare(wl, 20, 2, range(3))
+  two = setup.take(2)
+  assert two.seeds == (0, 1) and two.batches.shape[0] == 2
+  np.testing.assert_array_equal(two.batches, setup.batches[:2])
+  for a, b in zip(jax.tree.leaves(two.params), jax.tree.leaves(setup.params)):
+    np.testing.assert_array_equal(a, b[:2])

@@ -42,7 +42,7 @@ def summarize(wl: Workload, lane: dict[str, np.ndarray], eval_every: int, budget
     final_metric=float(np.median(metric[:, -1])),
     final_val_loss=float(np.median(lane["val_loss"][:, -1])),
     final_train_loss=float(np.median(lane["train_loss"][:, -1])),
-    final_train_loss_evaluated=float(np.median(lane["train_loss_eval"][:, -1])),
+    final_train_loss_evaluated=float(np.median(lane["train_loss_eval"])),
     lr_curve=(np.nanmedian(lr, 0).tolist() if np.isfinite(lr).any() else None),
   )
 
