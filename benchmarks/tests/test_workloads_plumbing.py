@@ -90,6 +90,7 @@ def test_suite_lists_the_nag_optax_optimizers():
   names = list(roster.nag_factories())
   assert names == [roster.AUTO_SGD, roster.AUTO_NADAMW]
   assert set(roster.STOP_CONFIGS) == set(names)
+  assert all(roster.STOP_READS_VALIDATION.values())
   rows = [m.name for m in roster.all_methods() if m.kind == "nag_optax"]
   assert rows == names
 
@@ -190,3 +191,20 @@ def test_setup_take_keeps_the_first_seeds():
   np.testing.assert_array_equal(two.batches, setup.batches[:2])
   for a, b in zip(jax.tree.leaves(two.params), jax.tree.leaves(setup.params)):
     np.testing.assert_array_equal(a, b[:2])
+
+
+def test_the_stop_check_passes_its_patience_and_options(monkeypatch):
+  seen = {}
+
+  def factory(*, validation_patience=None, validation_min_delta=None):
+    seen.update(patience=validation_patience, min_delta=validation_min_delta)
+    return optax.sgd(0.1)
+
+  monkeypatch.setattr(roster, "STOP_OPTIONS", {"validation_min_delta": 1e-3})
+  make, keyword = roster._stop_config(factory)
+  make(jnp.float32(300.0))
+  assert keyword == "validation_patience"
+  assert seen["patience"].dtype == jnp.int32 and int(seen["patience"]) == 300
+  assert seen["min_delta"] == 1e-3
+  assert roster.stop_lanes(1000, 25, 1500) == (300, 1501)
+  assert roster.stop_lanes(20, 10, 30) == (10, 31)  # at least one evaluation interval

@@ -107,10 +107,13 @@ def methods_table(res: dict) -> list[str]:
 def stop_rows(stop: dict) -> list[str]:
   """The stopping-signal table of a workload, with a warning under it for every reference lane
   that stopped: its best step is then a lower bound and the stop is judged against too little."""
+  first = next(iter(stop.values()))
+  options = first.get("options", {"patience": first["patience"]})
   parts = [
     "",
-    "Stopping signal (criteria enabled, patience "
-    f"{next(iter(stop.values()))['patience']} steps): first step where "
+    "Stopping signal (criteria enabled: "
+    + ", ".join(f"`{k}={v!r}`" for k, v in options.items())
+    + ", in steps): first step where "
     "`should_stop(state)` holds; the step of the best validation metric of the same "
     "optimizer without the stop (a second lane of the same program, same seeds and "
     "batches, whose patience the run never reaches: the same arithmetic up to the stop); "

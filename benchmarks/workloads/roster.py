@@ -10,6 +10,7 @@ from typing import Any
 from typing import Callable
 from typing import Optional
 
+import jax.numpy as jnp
 import optax
 
 import nag_optax
@@ -65,9 +66,14 @@ ADAM_GRID = {"long": (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1), "short": (1e-3, 3e-3,
 SGD_GRID = {"long": (0.01, 0.03, 0.1, 0.3, 1.0), "short": (0.03, 0.1, 0.3)}
 WARMUP_FRACTION = 0.05
 ROBUST_LRS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
-# The validation patience as a fraction of B: the patience the guide recommends (about 30% of the
-# planned run), measured on seeds the suite never uses (`benchmarks/studies/stop_patience.py`).
+# The stopping signal's check: the validation patience as a fraction of B, the patience the guide
+# recommends (about 30% of the planned run), measured on seeds the suite never uses
+# (`benchmarks/studies/stop_patience.py`); STOP_OPTIONS: further `stop_when` keywords of the
+# tuning-free factories, the same on the stopped lane and its reference lane (e.g.
+# `validation_min_delta=...` once the factories take it). A patience relative to the run would
+# change `stop_lanes` and the keyword `_stop_config` passes it to.
 STOP_PATIENCE_FRACTION = 0.3
+STOP_OPTIONS: dict[str, Any] = {}
 # A whole long run at the defaults shows a rate that collapses to its floor or a training loss that
 # stops falling, which a run to a first target can miss.
 LONG_RUN_WORKLOAD = "digits_mlp"
@@ -214,17 +220,31 @@ def all_methods() -> list[Method]:
   return out
 
 
-def _stop_config(factory: Factory) -> tuple[Callable[[Any], optax.GradientTransformation], bool]:
-  """(make(patience) -> optimizer, reads validation_loss): the criteria a user would enable, the
-  validation stop where the factory has one, else the training loss's patience."""
-  if "validation_patience" in inspect.signature(factory).parameters:
-    return (lambda p: factory(validation_patience=p)), True
-  return (lambda p: factory(patience=p)), False
+def stop_lanes(budget: int, eval_every: int, run_steps: int) -> tuple[int, int]:
+  """The traced values of the check's two lanes: the patience it gives the stop, in updates
+  (``STOP_PATIENCE_FRACTION`` B, at least one evaluation interval), and one that a run of
+  ``run_steps`` never reaches (the reference lane)."""
+  return max(eval_every, int(STOP_PATIENCE_FRACTION * budget)), run_steps + 1
 
 
-# method name -> factory(patience in steps) -> optimizer, with its stopping criteria enabled.
+def _stop_config(factory: Factory) -> tuple[Callable[[Any], optax.GradientTransformation], str]:
+  """(make(traced patience) -> optimizer, the keyword the patience goes to): the criteria a user
+  would enable, the validation stop where the factory has one, else the training loss's patience,
+  and ``STOP_OPTIONS``."""
+  keyword = (
+    "validation_patience"
+    if "validation_patience" in inspect.signature(factory).parameters
+    else "patience"
+  )
+  make = lambda h: factory(**{keyword: jnp.asarray(h, jnp.int32)}, **STOP_OPTIONS)
+  return make, keyword
+
+
+# method name -> make(traced patience) -> optimizer, with its stopping criteria enabled; the
+# keyword its patience goes to; whether it reads the validation loss.
 STOP_CONFIGS = {name: _stop_config(f)[0] for name, f in nag_factories().items()}
-STOP_READS_VALIDATION = {name: _stop_config(f)[1] for name, f in nag_factories().items()}
+STOP_KEYWORDS = {name: _stop_config(f)[1] for name, f in nag_factories().items()}
+STOP_READS_VALIDATION = {name: k.startswith("validation") for name, k in STOP_KEYWORDS.items()}
 
 
 def long_run_methods() -> dict[str, Callable[[], optax.GradientTransformation]]:
