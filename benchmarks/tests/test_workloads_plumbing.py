@@ -2,6 +2,7 @@
 ~10-step training smoke runs. Runs in seconds."""
 
 import hashlib
+import math
 
 import jax
 import jax.numpy as jnp
@@ -13,10 +14,13 @@ from flax import nnx
 import nag_optax
 from benchmarks.workloads import algoperf
 from benchmarks.workloads import data
+from benchmarks.workloads import intervals
 from benchmarks.workloads import pool
 from benchmarks.workloads import render
 from benchmarks.workloads import roster
+from benchmarks.workloads import suite
 from benchmarks.workloads import trainer
+from benchmarks.workloads import training
 
 
 def _tiny_stdlib(tmp_path):
@@ -183,6 +187,19 @@ def test_evaluation_in_chunks_is_the_whole_splits_accuracy():
   assert out["val_loss"][0] == pytest.approx(loss, rel=1e-5)
 
 
+def test_full_mode_runs_five_seeds_for_the_target_setters_and_nag_optax():
+  full = roster.SETTINGS["full"]
+  assert roster.seeds_of("baseline", full) >= 5 and roster.seeds_of("nag_optax", full) >= 5
+  assert roster.seeds_of("peer", full) == full["peer_seeds"] >= 3
+  assert full["grid_seeds"] <= full["seeds"]
+  # Odd: the target setter's median best is one of its seeds', reached by at least half of them.
+  assert all(settings["seeds"] % 2 == 1 for settings in roster.SETTINGS.values())
+  for settings in roster.SETTINGS.values():
+    assert roster.most_seeds(settings) == max(
+      settings[k] for k in ("seeds", "grid_seeds", "peer_seeds", "check_seeds")
+    )
+
+
 def test_setup_take_keeps_the_first_seeds():
   wl = roster.WORKLOADS["digits_mlp"]()
   setup = trainer.prepare(wl, 20, 2, range(3))
@@ -208,3 +225,62 @@ def test_the_stop_check_passes_its_patience_and_options(monkeypatch):
   assert seen["min_delta"] == 1e-3
   assert roster.stop_lanes(1000, 25, 1500) == (300, 1501)
   assert roster.stop_lanes(20, 10, 30) == (10, 31)  # at least one evaluation interval
+
+
+def test_a_baseline_reruns_its_chosen_rate_on_more_seeds():
+  wl = roster.WORKLOADS["digits_mlp"]()
+  settings = dict(seeds=2, grid_seeds=1, peer_seeds=1, grid="short")
+  setup = trainer.prepare(wl, 20, 2, range(2))
+  method = next(m for m in roster.all_methods() if m.kind == "baseline")
+  with jax.enable_x64(False):
+    entry = training.train_method(setup, method, settings, "smoke", trainer.Timer())
+  assert len(entry["values"]) == len(roster.ADAM_GRID["short"])
+  assert all(len(v["metric_curves"]) == 1 for v in entry["values"])
+  assert entry["seeds"] == 2 and len(entry["reported"]["metric_curves"]) == 2
+  assert entry["lr"] == roster.ADAM_GRID["short"][entry["best"]]
+  # Seed 0 at the chosen rate: the same run in the search and in the rerun.
+  np.testing.assert_allclose(
+    entry["reported"]["metric_curves"][0],
+    entry["values"][entry["best"]]["metric_curves"][0],
+    atol=1.5 / 359,
+  )
+
+
+def _hand_made_workload() -> dict:
+  """A workload's result as ``training.run_workload`` returns it, without training: the
+  target setter (3 seeds) and one method (3 seeds), evaluation every 10 steps."""
+  curves = {
+    "setter": [[0.8, 0.8, 0.8], [0.5, 0.9, 0.9], [0.5, 0.5, 1.0]],
+    "method": [[0.9, 0.9, 1.0], [0.5, 0.8, 1.0], [0.5, 0.95, 0.95]],
+  }
+  kinds = {"setter": "baseline", "method": "nag_optax"}
+  methods = {
+    n: dict(kind=kinds[n], reported=dict(metric_curves=c, lr_curve=None), cap=math.inf)
+    for n, c in curves.items()
+  }
+  res = dict(methods=methods, eval_every=10, higher_is_better=True, target_set_by="setter")
+  res["target"] = algoperf.median_best(curves["setter"], True)
+  for e in methods.values():
+    e["per_seed_steps"] = [
+      algoperf.steps_to_target(c, res["target"], 10, True) for c in e["reported"]["metric_curves"]
+    ]
+    e["steps_to_target"] = float(np.median(e["per_seed_steps"]))
+  return res
+
+
+def test_ratios_and_scores_carry_their_intervals_into_the_tables():
+  res = _hand_made_workload()
+  # Target 0.9: the setter reaches it at -, 20, 30 (median 30), the method at 10, 30, 20 (20).
+  assert res["target"] == 0.9
+  draws = training.steps_draws(res, "w")
+  assert set(draws) == {"setter", "method"} and len(draws["method"]) == intervals.RESAMPLES
+  agg = suite.aggregate({"w": res})
+  assert agg["ratios"]["method"]["w"] == 1.0 and agg["ratios"]["setter"]["w"] == 1.5
+  low, high = agg["ratio_intervals"]["setter"]["w"]
+  assert low <= 1.5 <= high
+  low, high = agg["score_intervals"]["method"]
+  assert 0.0 <= low <= agg["scores"]["method"] == 1.0 == high
+  assert render.with_interval(1.14, [0.98, 1.31]) == "1.14 [0.98, 1.31]"
+  assert render.with_interval(math.inf, [1.2, math.inf]) == "- [1.20, -]"
+  assert render.with_interval(0.5, None) == "0.50"
+  assert render.with_interval(math.inf, [math.inf, math.inf]) == "-"

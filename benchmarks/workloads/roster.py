@@ -20,13 +20,23 @@ from benchmarks.workloads import models
 
 Factory = Callable[..., optax.GradientTransformation]
 
-# mode -> seeds, lr grid ("short" or "long"), evaluations per budget (every B / evals steps),
-# {workload: B}, the workloads with the robustness and stopping-signal checks (None: all).
+# mode -> the seeds of each class of method, the lr grid ("short" or "long"), evaluations per
+# budget (every B / evals steps), {workload: B}, the workloads with the robustness and
+# stopping-signal checks (None: all).
+# - seeds: the target setters (each tuned baseline at its chosen learning rate: whichever sets the
+#   target) and nag_optax's optimizers, and the stopping signal's check of them;
+# - grid_seeds: the tuned baselines' learning-rate search (the chosen rate is re-run on `seeds`);
+# - peer_seeds: the self-tuning peers; check_seeds: the robustness check and the long run.
+# An odd number of seeds for the target setters: the median of an even number of per-seed bests
+# lies between two seeds, and only half the setter's seeds would reach its own target.
 # Full-mode budgets: where the tuned baselines have converged (the LM: budget-limited; a character
-# LM keeps improving slowly), sized for about 40 minutes on 2 idle CPU cores.
+# LM keeps improving slowly); full mode is sized for about 45 minutes on 2 idle CPU cores.
 SETTINGS: dict[str, dict[str, Any]] = {
   "smoke": dict(
-    seeds=1,
+    seeds=3,
+    grid_seeds=1,
+    peer_seeds=1,
+    check_seeds=1,
     grid="short",
     evals=10,
     budgets=dict(digits_mlp=40, digits_cnn=20, mnist1d_cnn=40, mnist1d_resnet=20, stdlib_lm=20),
@@ -34,7 +44,10 @@ SETTINGS: dict[str, dict[str, Any]] = {
     stop=("digits_mlp",),
   ),
   "quick": dict(
-    seeds=1,
+    seeds=3,
+    grid_seeds=1,
+    peer_seeds=1,
+    check_seeds=1,
     grid="short",
     evals=10,
     budgets=dict(digits_mlp=300, digits_cnn=100, mnist1d_cnn=300, mnist1d_resnet=120, stdlib_lm=60),
@@ -42,7 +55,10 @@ SETTINGS: dict[str, dict[str, Any]] = {
     stop=("digits_mlp",),
   ),
   "full": dict(
-    seeds=3,
+    seeds=5,
+    grid_seeds=2,
+    peer_seeds=3,
+    check_seeds=3,
     grid="long",
     evals=40,
     budgets=dict(
@@ -52,6 +68,19 @@ SETTINGS: dict[str, dict[str, Any]] = {
     stop=None,
   ),
 }
+
+
+def seeds_of(kind: str, settings: dict) -> int:
+  """The seeds a row is reported on: a tuned baseline's chosen rate and a nag_optax optimizer
+  ``settings["seeds"]``, a self-tuning peer ``settings["peer_seeds"]``."""
+  return settings["peer_seeds"] if kind == "peer" else settings["seeds"]
+
+
+def most_seeds(settings: dict) -> int:
+  """The seeds a workload prepares: every class of method runs on the first ones it needs."""
+  keys = ("seeds", "grid_seeds", "peer_seeds", "check_seeds")
+  return max(settings[k] for k in keys)
+
 
 # Full-mode seconds of each workload on one core, estimated from measured ms/step and compile
 # times: only to balance the worker processes, heaviest first.
