@@ -82,10 +82,11 @@ def most_seeds(settings: dict) -> int:
   return max(settings[k] for k in keys)
 
 
-# Full-mode seconds of each workload on one core, estimated from measured ms/step and compile
-# times: only to balance the worker processes, heaviest first.
+# Full-mode seconds of each workload on one core, estimated from a full run's part times scaled
+# to the lanes of these settings and to MNIST-1D's 4,000-sample evaluations: only to balance the
+# worker processes, heaviest first.
 RELATIVE_COST = dict(
-  stdlib_lm=1030, mnist1d_cnn=600, mnist1d_resnet=590, digits_cnn=380, digits_mlp=70
+  stdlib_lm=1730, mnist1d_resnet=1560, mnist1d_cnn=1230, digits_cnn=660, digits_mlp=170
 )
 
 SELF_TUNING_FACTOR = 1.5
