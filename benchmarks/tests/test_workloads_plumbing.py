@@ -3,6 +3,7 @@
 
 import hashlib
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -175,6 +176,7 @@ def test_evaluation_in_chunks_is_the_whole_splits_accuracy():
   wl = roster.WORKLOADS["digits_mlp"]()
   graphdef, params = wl.init_params(0)
   x, y = wl.arrays("validation")
+  assert y is not None
   xs, ys, weights = trainer.in_chunks(x, y)
   assert xs.shape[0] * xs.shape[1] >= len(y) and float(weights.sum()) == len(y)
   assert ys is not None and xs.shape[1] <= trainer.EVAL_CHUNK
@@ -256,11 +258,13 @@ def _hand_made_workload() -> dict:
     "method": [[0.9, 0.9, 1.0], [0.5, 0.8, 1.0], [0.5, 0.95, 0.95]],
   }
   kinds = {"setter": "baseline", "method": "nag_optax"}
-  methods = {
+  methods: dict[str, dict[str, Any]] = {
     n: dict(kind=kinds[n], reported=dict(metric_curves=c, lr_curve=None), cap=math.inf)
     for n, c in curves.items()
   }
-  res = dict(methods=methods, eval_every=10, higher_is_better=True, target_set_by="setter")
+  res: dict[str, Any] = dict(
+    methods=methods, eval_every=10, higher_is_better=True, target_set_by="setter"
+  )
   res["target"] = algoperf.median_best(curves["setter"], True)
   for e in methods.values():
     e["per_seed_steps"] = [

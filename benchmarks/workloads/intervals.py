@@ -20,6 +20,7 @@ from typing import Optional
 from typing import Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from benchmarks.workloads import algoperf
 
@@ -38,7 +39,7 @@ def resample_indices(n: int, resamples: int, rng: np.random.Generator) -> np.nda
   return rng.integers(0, n, size=(resamples, n))
 
 
-def percentile_interval(draws: Sequence[float] | np.ndarray, level: float = LEVEL) -> list:
+def percentile_interval(draws: npt.ArrayLike, level: float = LEVEL) -> list:
   """[low, high]: the ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of ``draws`` (the
   inverse of their empirical distribution function, no interpolation; inf stays inf)."""
   q = np.quantile(
@@ -68,7 +69,7 @@ def bootstrap(
   return percentile_interval(draws, level)
 
 
-def ratio(numerator: np.ndarray | float, denominator: np.ndarray | float) -> np.ndarray:
+def ratio(numerator: npt.ArrayLike, denominator: npt.ArrayLike) -> np.ndarray:
   """Steps over steps, elementwise; inf where either is a miss (as ``algoperf.ratios``)."""
   num, den = np.asarray(numerator, float), np.asarray(denominator, float)
   ok = np.isfinite(num) & np.isfinite(den) & (den > 0)
@@ -77,7 +78,7 @@ def ratio(numerator: np.ndarray | float, denominator: np.ndarray | float) -> np.
 
 def steps_to_targets(
   curves: Sequence[algoperf.Curve] | np.ndarray,
-  targets: Sequence[float] | np.ndarray,
+  targets: npt.ArrayLike,
   eval_every: int,
   higher_is_better: bool,
   cap: float = math.inf,
