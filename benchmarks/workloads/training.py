@@ -4,15 +4,16 @@
 baseline over its learning-rate grid, each seed and grid value a lane of one compiled program,
 then its chosen rate on more seeds), sets the workload's target from the tuned baselines
 (AlgoPerf), counts every method's steps to it with a bootstrap interval over seeds, and runs the
-checks of ``checks.py``. Its result is a JSON-ready dict that ``render.py``
-reads.
+checks of ``checks.py``. Its result is a JSON-ready dict that ``render.py`` reads.
 """
 
 import math
 import time
 from typing import Any
+from typing import Callable
 
 import numpy as np
+import optax
 
 from benchmarks import report
 from benchmarks.methods import Method
@@ -58,10 +59,17 @@ def best_value(values: list[dict], higher_is_better: bool) -> int:
 
 
 def run_values(
-  setup: trainer.Setup, method: Method, grid: tuple, blocks: int, make, timer: trainer.Timer, part
+  setup: trainer.Setup,
+  method: Method,
+  grid: tuple,
+  blocks: int,
+  make: Callable[[Any], optax.GradientTransformation],
+  timer: trainer.Timer,
+  part: str,
 ) -> tuple[list[dict], float, float]:
   """Every value of ``grid`` x every seed of ``setup`` for ``blocks`` evaluation blocks, in one
-  compiled call: the summary per value, the wall seconds (compilation included), the run's."""
+  compiled call (its wall time added to ``timer``'s ``part``): the summary per value, the wall
+  seconds (compilation included), the run's."""
   wl, eval_every = setup.wl, setup.eval_every
   train = trainer.make_trainer(wl, make, blocks, eval_every, eval_params=method.eval_params)
   steps = blocks * eval_every
@@ -140,9 +148,9 @@ def train_method(
 
 def set_target(res: dict, setup: trainer.Setup) -> None:
   """The workload's target (AlgoPerf: the best tuned baseline's median over seeds of its best
-  validation metric, at its chosen learning rate), every method's steps to it, and its ratio to
-  the target setter's with a bootstrap interval over both one's seeds (``intervals.py``), in
-  place."""
+  validation metric, at its chosen learning rate), every method's steps to it, and their ratio
+  to the target setter's, with a bootstrap interval over its seeds and the setter's
+  (``intervals.py``), in place."""
   wl = setup.wl
   baselines = {
     n: e["reported"]["metric_curves"] for n, e in res["methods"].items() if e["kind"] == "baseline"
