@@ -30,7 +30,7 @@ Factory = Callable[..., optax.GradientTransformation]
 # An odd number of seeds for the target setters: the median of an even number of per-seed bests
 # lies between two seeds, and only half the setter's seeds would reach its own target.
 # Full-mode budgets: where the tuned baselines have converged (the LM: budget-limited; a character
-# LM keeps improving slowly); full mode is sized for about 45 minutes on 2 idle CPU cores.
+# LM keeps improving slowly); full mode is sized for 45 to 50 minutes on 2 idle CPU cores.
 SETTINGS: dict[str, dict[str, Any]] = {
   "smoke": dict(
     seeds=3,
