@@ -10,7 +10,6 @@ import time
 from typing import Any
 from typing import Callable
 
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -23,8 +22,8 @@ from benchmarks.workloads.data import Workload
 
 def stopping_signal(setup: trainer.Setup, progress: report.Ticker, timer: trainer.Timer) -> dict:
   """Each nag_optax optimizer with the stopping criteria a user would enable
-  (``roster.STOP_CONFIGS``, patience ``STOP_PATIENCE_FRACTION`` B), judged against the same
-  optimizer without the stop.
+  (``roster.STOP_CONFIGS``: the patience of ``roster.stop_lanes``, and ``STOP_OPTIONS``), judged
+  against the same optimizer without the stop, on every seed of ``setup``.
 
   The stopped run freezes its params, so it cannot be its own reference. The reference is a
   second lane of the same program whose patience exceeds the run: same seeds and batches, and
@@ -32,8 +31,7 @@ def stopping_signal(setup: trainer.Setup, progress: report.Ticker, timer: traine
   compiled separately drifts into another trajectory on the MNIST-1D workloads).
   """
   wl, eval_every, blocks = setup.wl, setup.eval_every, setup.blocks_self_tuning
-  patience = max(eval_every, int(roster.STOP_PATIENCE_FRACTION * setup.budget))
-  never = blocks * eval_every + 1
+  patience, never = roster.stop_lanes(setup.budget, eval_every, blocks * eval_every)
   out_all = {}
   for name, make_stop in roster.STOP_CONFIGS.items():
     progress.set_postfix_str(f"{wl.name}: stop {name[:30]}")
@@ -41,7 +39,7 @@ def stopping_signal(setup: trainer.Setup, progress: report.Ticker, timer: traine
     reads_validation = roster.STOP_READS_VALIDATION[name]
     train = trainer.make_trainer(
       wl,
-      lambda h, make_stop=make_stop: make_stop(h.astype(jnp.int32)),
+      make_stop,
       blocks,
       eval_every,
       record_stop=True,
@@ -63,6 +61,7 @@ def stopping_signal(setup: trainer.Setup, progress: report.Ticker, timer: traine
       )
     out_all[name] = dict(
       patience=patience,
+      options={roster.STOP_KEYWORDS[name]: patience, **roster.STOP_OPTIONS},
       reads_validation_loss=reads_validation,
       per_seed=per_seed,
       wall_s=seconds,

@@ -38,6 +38,14 @@ def _steps(x: Optional[float]) -> str:
   return "-" if x is None or not math.isfinite(x) else f"{x:,.0f}"
 
 
+def with_interval(x: Optional[float], interval: Optional[list], spec: str = ".2f") -> str:
+  """``x [low, high]``, "-" for a miss or a bound that is one; ``x`` alone without an
+  interval, and "-" alone for a miss on every resample."""
+  if interval is None or not any(math.isfinite(v) for v in (x, *interval) if v is not None):
+    return _fmt(x, spec)
+  return f"{_fmt(x, spec)} [{_fmt(interval[0], spec)}, {_fmt(interval[1], spec)}]"
+
+
 def score_table(suite: WorkloadsResult) -> list[str]:
   """Every method's score and time-to-target ratio per workload, best score first."""
   agg = suite.aggregate
@@ -48,14 +56,20 @@ def score_table(suite: WorkloadsResult) -> list[str]:
     "### AlgoPerf score",
     "",
     "Time-to-target ratio r = steps / fewest steps of any method on the workload "
-    '("-" = miss); score = area under the performance profile on tau in [1, 4] / 3.',
+    '("-" = miss); score = area under the performance profile on tau in [1, 4] / 3; each with '
+    "its bootstrap interval over seeds, `x [low, high]`.",
     "",
     "| method | kind | score | " + " | ".join(labels) + " |",
     "|---|---|---|" + "---|" * len(labels),
   ]
+  ratio_intervals = agg.get("ratio_intervals", {})
+  score_intervals = agg.get("score_intervals", {})
   for n in sorted(first, key=lambda n: -agg["scores"][n]):
-    cells = [_fmt(agg["ratios"][n][w], ".2f") for w in suite.workloads]
-    lines.append(f"| {n} | {kinds[n]} | {agg['scores'][n]:.3f} | " + " | ".join(cells) + " |")
+    cells = [
+      with_interval(agg["ratios"][n][w], ratio_intervals.get(n, {}).get(w)) for w in suite.workloads
+    ]
+    score = with_interval(agg["scores"][n], score_intervals.get(n), ".3f")
+    lines.append(f"| {n} | {kinds[n]} | {score} | " + " | ".join(cells) + " |")
   return lines + [""]
 
 
@@ -84,10 +98,9 @@ def methods_table(res: dict) -> list[str]:
     "ms/step | final lr |",
     "|---|---|---|---|---|---|---|---|---|---|---|",
   ]
-  setter_steps = res["methods"][res["target_set_by"]]["steps_to_target"]
   for n, e in res["methods"].items():
-    vs = e["steps_to_target"] / setter_steps if setter_steps > 0 else math.inf
-    v = e["values"][e["best"]]
+    vs = with_interval(e["vs_setter"], e.get("vs_setter_interval"))
+    v = e["reported"]
     per_seed = ", ".join(_steps(s) for s in e["per_seed_steps"])
     lr = _fmt(e["lr"], "g") if e["kind"] == "baseline" else "—"
     final_lr = ""
@@ -95,7 +108,7 @@ def methods_table(res: dict) -> list[str]:
       final_lr = f"{e['final_lr']:.2e}" + (" **at floor**" if e["lr_at_floor"] else "")
     lines.append(
       f"| {n} | {lr} | {_steps(e['steps_to_target'])} ({per_seed}) | "
-      f"{_fmt(vs, '.2f') if math.isfinite(vs) else '-'} | {_fmt(v['metric_at_B'], '.4f')} | "
+      f"{vs} | {_fmt(v['metric_at_B'], '.4f')} | "
       f"{_fmt(v['metric_at_1_5B'], '.4f') if e['kind'] != 'baseline' else '—'} | "
       f"{_fmt(v['final_val_loss'], '.4f')} | {_fmt(v['final_train_loss'], '.4f')} | "
       f"{_fmt(v.get('final_train_loss_evaluated', math.nan), '.4f')} | "
@@ -107,10 +120,13 @@ def methods_table(res: dict) -> list[str]:
 def stop_rows(stop: dict) -> list[str]:
   """The stopping-signal table of a workload, with a warning under it for every reference lane
   that stopped: its best step is then a lower bound and the stop is judged against too little."""
+  first = next(iter(stop.values()))
+  options = first.get("options", {"patience": first["patience"]})
   parts = [
     "",
-    "Stopping signal (criteria enabled, patience "
-    f"{next(iter(stop.values()))['patience']} steps): first step where "
+    "Stopping signal (criteria enabled: "
+    + ", ".join(f"`{k}={v!r}`" for k, v in options.items())
+    + ", in steps): first step where "
     "`should_stop(state)` holds; the step of the best validation metric of the same "
     "optimizer without the stop (a second lane of the same program, same seeds and "
     "batches, whose patience the run never reaches: the same arithmetic up to the stop); "
@@ -190,16 +206,36 @@ def robustness_rows(robust: dict, metric: str) -> list[str]:
   return lines
 
 
+def seeds_label(res: dict) -> str:
+  """The seeds of a workload's rows, for its heading."""
+  if res.get("peer_seeds", res["seeds"]) == res["seeds"]:
+    return f"{res['seeds']} seed(s)"
+  return f"{res['seeds']} seeds, peers {res['peer_seeds']}"
+
+
+def target_line(res: dict) -> str:
+  """The target, who set it, the validation split's size and, for an accuracy, its binomial
+  standard error and one sample's weight."""
+  hib = res["higher_is_better"]
+  line = f"Target: validation {res['metric']} {'>=' if hib else '<='} {res['target']:.4f}"
+  if "target_standard_error" in res:
+    line += (
+      f" (binomial standard error {100 * res['target_standard_error']:.2f}% on "
+      f"{res['validation_samples']:,} validation samples, one sample "
+      f"{100 * res['one_sample']:.3f}%)"
+    )
+  elif "validation_samples" in res:
+    line += f" (on {res['validation_samples']:,} validation windows)"
+  return line + f", set by {res['target_set_by']}. Wall time {res['wall_s']:.0f} s."
+
+
 def workload_section(res: dict) -> list[str]:
   """One workload: its target, its methods, and the checks it ran."""
-  hib = res["higher_is_better"]
   parts = [
     f"### {res['label']} (B = {res['budget']:,}, evaluation every "
-    f"{res['eval_every']} steps, {res['seeds']} seed(s))",
+    f"{res['eval_every']} steps, {seeds_label(res)})",
     "",
-    f"Target: validation {res['metric']} {'>=' if hib else '<='} "
-    f"{res['target']:.4f}, set by {res['target_set_by']}. "
-    f"Wall time {res['wall_s']:.0f} s.",
+    target_line(res),
     "",
   ]
   parts += corpus_line(res["info"])
@@ -260,7 +296,7 @@ def _colors(suite: WorkloadsResult) -> dict[str, Any]:
 def _plot_curves(ax: Any, res: dict, colors: dict) -> None:
   """The median validation metric of every method's best grid value, with the target and B."""
   for m, e in res["methods"].items():
-    curve = np.asarray(e["values"][e["best"]]["median_metric_curve"], float)
+    curve = np.asarray(e["reported"]["median_metric_curve"], float)
     ax.plot(
       (np.arange(len(curve)) + 1) * res["eval_every"],
       curve,
@@ -274,7 +310,7 @@ def _plot_curves(ax: Any, res: dict, colors: dict) -> None:
   finite = [
     x
     for e in res["methods"].values()
-    for x in e["values"][e["best"]]["median_metric_curve"]
+    for x in e["reported"]["median_metric_curve"]
     if np.isfinite(x)
   ]
   if finite and res["higher_is_better"]:
@@ -287,7 +323,7 @@ def _plot_curves(ax: Any, res: dict, colors: dict) -> None:
 
 def _plot_learning_rates(ax: Any, res: dict, colors: dict) -> None:
   for m, e in res["methods"].items():
-    lr = e["values"][e["best"]]["lr_curve"]
+    lr = e["reported"]["lr_curve"]
     if e["kind"] == "nag_optax" and lr is not None:
       lr = np.asarray(lr, float)
       ax.semilogy((np.arange(len(lr)) + 1) * res["eval_every"], lr, color=colors[m], label=m)

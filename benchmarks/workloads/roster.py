@@ -10,6 +10,7 @@ from typing import Any
 from typing import Callable
 from typing import Optional
 
+import jax.numpy as jnp
 import optax
 
 import nag_optax
@@ -19,13 +20,23 @@ from benchmarks.workloads import models
 
 Factory = Callable[..., optax.GradientTransformation]
 
-# mode -> seeds, lr grid ("short" or "long"), evaluations per budget (every B / evals steps),
-# {workload: B}, the workloads with the robustness and stopping-signal checks (None: all).
+# mode -> the seeds of each class of method, the lr grid ("short" or "long"), evaluations per
+# budget (every B / evals steps), {workload: B}, the workloads with the robustness and
+# stopping-signal checks (None: all).
+# - seeds: the target setters (each tuned baseline at its chosen learning rate: whichever sets the
+#   target) and nag_optax's optimizers, and the stopping signal's check of them;
+# - grid_seeds: the tuned baselines' learning-rate search (the chosen rate is re-run on `seeds`);
+# - peer_seeds: the self-tuning peers; check_seeds: the robustness check and the long run.
+# An odd number of seeds for the target setters: the median of an even number of per-seed bests
+# lies between two seeds, and only half the setter's seeds would reach its own target.
 # Full-mode budgets: where the tuned baselines have converged (the LM: budget-limited; a character
-# LM keeps improving slowly), sized for about 40 minutes on 2 idle CPU cores.
+# LM keeps improving slowly); full mode is sized for 45 to 50 minutes on 2 idle CPU cores.
 SETTINGS: dict[str, dict[str, Any]] = {
   "smoke": dict(
-    seeds=1,
+    seeds=3,
+    grid_seeds=1,
+    peer_seeds=1,
+    check_seeds=1,
     grid="short",
     evals=10,
     budgets=dict(digits_mlp=40, digits_cnn=20, mnist1d_cnn=40, mnist1d_resnet=20, stdlib_lm=20),
@@ -33,7 +44,10 @@ SETTINGS: dict[str, dict[str, Any]] = {
     stop=("digits_mlp",),
   ),
   "quick": dict(
-    seeds=1,
+    seeds=3,
+    grid_seeds=1,
+    peer_seeds=1,
+    check_seeds=1,
     grid="short",
     evals=10,
     budgets=dict(digits_mlp=300, digits_cnn=100, mnist1d_cnn=300, mnist1d_resnet=120, stdlib_lm=60),
@@ -41,7 +55,10 @@ SETTINGS: dict[str, dict[str, Any]] = {
     stop=("digits_mlp",),
   ),
   "full": dict(
-    seeds=3,
+    seeds=5,
+    grid_seeds=2,
+    peer_seeds=3,
+    check_seeds=3,
     grid="long",
     evals=40,
     budgets=dict(
@@ -52,10 +69,24 @@ SETTINGS: dict[str, dict[str, Any]] = {
   ),
 }
 
-# Full-mode seconds of each workload on one core, estimated from measured ms/step and compile
-# times: only to balance the worker processes, heaviest first.
+
+def seeds_of(kind: str, settings: dict) -> int:
+  """The seeds a row is reported on: a tuned baseline's chosen rate and a nag_optax optimizer
+  ``settings["seeds"]``, a self-tuning peer ``settings["peer_seeds"]``."""
+  return settings["peer_seeds"] if kind == "peer" else settings["seeds"]
+
+
+def most_seeds(settings: dict) -> int:
+  """The seeds a workload prepares: every class of method runs on the first ones it needs."""
+  keys = ("seeds", "grid_seeds", "peer_seeds", "check_seeds")
+  return max(settings[k] for k in keys)
+
+
+# Full-mode seconds of each workload on one core, estimated from a full run's part times scaled
+# to the lanes of these settings and to MNIST-1D's 4,000-sample evaluations: only to balance the
+# worker processes, heaviest first.
 RELATIVE_COST = dict(
-  stdlib_lm=1030, mnist1d_cnn=600, mnist1d_resnet=590, digits_cnn=380, digits_mlp=70
+  stdlib_lm=1730, mnist1d_resnet=1560, mnist1d_cnn=1230, digits_cnn=660, digits_mlp=170
 )
 
 SELF_TUNING_FACTOR = 1.5
@@ -65,9 +96,14 @@ ADAM_GRID = {"long": (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1), "short": (1e-3, 3e-3,
 SGD_GRID = {"long": (0.01, 0.03, 0.1, 0.3, 1.0), "short": (0.03, 0.1, 0.3)}
 WARMUP_FRACTION = 0.05
 ROBUST_LRS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
-# The validation patience as a fraction of B: the patience the guide recommends (about 30% of the
-# planned run), measured on seeds the suite never uses (`benchmarks/studies/stop_patience.py`).
+# The stopping signal's check: the validation patience as a fraction of B, the patience the guide
+# recommends (about 30% of the planned run), measured on seeds the suite never uses
+# (`benchmarks/studies/stop_patience.py`); STOP_OPTIONS: further `stop_when` keywords of the
+# tuning-free factories, the same on the stopped lane and its reference lane (e.g.
+# `validation_min_delta=...` once the factories take it). A patience relative to the run would
+# change `stop_lanes` and the keyword `_stop_config` passes it to.
 STOP_PATIENCE_FRACTION = 0.3
+STOP_OPTIONS: dict[str, Any] = {}
 # A whole long run at the defaults shows a rate that collapses to its floor or a training loss that
 # stops falling, which a run to a first target can miss.
 LONG_RUN_WORKLOAD = "digits_mlp"
@@ -214,17 +250,31 @@ def all_methods() -> list[Method]:
   return out
 
 
-def _stop_config(factory: Factory) -> tuple[Callable[[Any], optax.GradientTransformation], bool]:
-  """(make(patience) -> optimizer, reads validation_loss): the criteria a user would enable, the
-  validation stop where the factory has one, else the training loss's patience."""
-  if "validation_patience" in inspect.signature(factory).parameters:
-    return (lambda p: factory(validation_patience=p)), True
-  return (lambda p: factory(patience=p)), False
+def stop_lanes(budget: int, eval_every: int, run_steps: int) -> tuple[int, int]:
+  """The traced values of the check's two lanes: the patience it gives the stop, in updates
+  (``STOP_PATIENCE_FRACTION`` B, at least one evaluation interval), and one that a run of
+  ``run_steps`` never reaches (the reference lane)."""
+  return max(eval_every, int(STOP_PATIENCE_FRACTION * budget)), run_steps + 1
 
 
-# method name -> factory(patience in steps) -> optimizer, with its stopping criteria enabled.
+def _stop_config(factory: Factory) -> tuple[Callable[[Any], optax.GradientTransformation], str]:
+  """(make(traced patience) -> optimizer, the keyword the patience goes to): the criteria a user
+  would enable, the validation stop where the factory has one, else the training loss's patience,
+  and ``STOP_OPTIONS``."""
+  keyword = (
+    "validation_patience"
+    if "validation_patience" in inspect.signature(factory).parameters
+    else "patience"
+  )
+  make = lambda h: factory(**{keyword: jnp.asarray(h, jnp.int32)}, **STOP_OPTIONS)
+  return make, keyword
+
+
+# method name -> make(traced patience) -> optimizer, with its stopping criteria enabled; the
+# keyword its patience goes to; whether it reads the validation loss.
 STOP_CONFIGS = {name: _stop_config(f)[0] for name, f in nag_factories().items()}
-STOP_READS_VALIDATION = {name: _stop_config(f)[1] for name, f in nag_factories().items()}
+STOP_KEYWORDS = {name: _stop_config(f)[1] for name, f in nag_factories().items()}
+STOP_READS_VALIDATION = {name: k.startswith("validation") for name, k in STOP_KEYWORDS.items()}
 
 
 def long_run_methods() -> dict[str, Callable[[], optax.GradientTransformation]]:

@@ -32,6 +32,9 @@ from benchmarks.workloads.roster import SELF_TUNING_FACTOR
 # buy little on these tiny kernels.
 COMPILER_OPTIONS: dict[str, str | bool] = {"xla_llvm_disable_expensive_passes": True}
 TIMING_REPEATS = 3
+# Evaluation runs over chunks of at most this many samples: XLA:CPU runs one forward pass over
+# thousands of samples several times slower than over a few hundred at a time.
+EVAL_CHUNK = 200
 
 
 def learning_rate_of(state) -> jax.Array:
@@ -55,6 +58,20 @@ def evaluated_params(params, state):
     return params
 
 
+def in_chunks(x: jax.Array, y: Optional[jax.Array]) -> tuple:
+  """(x, y, weights) of an evaluation split cut into equal chunks of at most ``EVAL_CHUNK``
+  samples, on a new leading axis; the last chunk padded (weight 0)."""
+  n = x.shape[0]
+  count = -(-n // EVAL_CHUNK)
+  size = -(-n // count)
+  pad = count * size - n
+  chunk = lambda a: jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)).reshape(
+    count, size, *a.shape[1:]
+  )
+  weights = (jnp.arange(count * size) < n).astype(jnp.float32).reshape(count, size)
+  return chunk(x), None if y is None else chunk(y), weights
+
+
 def make_trainer(
   wl: Workload,
   make_optimizer: Callable[..., optax.GradientTransformation],
@@ -73,10 +90,10 @@ def make_trainer(
   ``pass_validation_loss`` also ``validation_loss=`` the latest measured validation loss
   (measured once before training, then after each block). Per evaluation block the result
   holds ``metric`` and ``val_loss`` (validation), ``train_loss`` (mean training loss in the
-  block), ``train_loss_eval`` (the training loss of the evaluated params on a fixed sample of
-  the training data as large as the validation split) and ``lr`` (the state's learning rate, NaN
-  if none); with ``record_stop``, ``stop`` is the first step at which
-  ``nag_optax.should_stop(state)`` held (-1 if never).
+  block) and ``lr`` (the state's learning rate, NaN if none); at the end of the run,
+  ``train_loss_eval`` is the training loss of the evaluated params on a fixed sample of the
+  training data as large as the validation split, and with ``record_stop``, ``stop`` is the
+  first step at which ``nag_optax.should_stop(state)`` held (-1 if never).
   ``eval_params(params, state)`` maps the training params to the evaluated ones; by default
   :func:`evaluated_params` (the iterate average of a method that keeps one).
   """
@@ -91,6 +108,7 @@ def make_trainer(
   else:
     pick = np.linspace(0, x_tr.shape[0] - 1, n_sample).astype(np.int64)
     x_sample, y_sample = x_tr[pick], None if y_tr is None else y_tr[pick]
+  validation_chunks, sample_chunks = in_chunks(x_va, y_va), in_chunks(x_sample, y_sample)
 
   def logits_and_labels(params, xb, yb: Optional[jax.Array]) -> tuple[jax.Array, jax.Array]:
     model = nnx.merge(graphdef, params)
@@ -107,12 +125,24 @@ def make_trainer(
       return x_tr[idx[:, None] + jnp.arange(context + 1)], None
     return x_tr[idx], None if y_tr is None else y_tr[idx]
 
-  def evaluate(params):
-    logits, labels = logits_and_labels(params, x_va, y_va)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+  def evaluate(params, chunks=validation_chunks):
+    """(metric, mean loss) over a split in chunks: accuracy, or for the LM bits per character."""
+
+    def sums(chunk):
+      xb, yb, weights = chunk
+      logits, labels = logits_and_labels(params, xb, yb)
+      losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+      correct = jnp.argmax(logits, -1) == labels
+      if wl.language_model:  # per window: the mean over its positions
+        losses, correct = losses.mean(-1), correct.mean(-1)
+      return jnp.sum(weights * losses), jnp.sum(weights * correct)
+
+    loss_sums, correct_sums = jax.lax.map(sums, chunks)
+    count = jnp.sum(chunks[2])
+    loss = jnp.sum(loss_sums) / count
     if wl.language_model:
       return loss / math.log(2.0), loss
-    return jnp.mean(jnp.argmax(logits, -1) == labels).astype(jnp.float32), loss
+    return jnp.sum(correct_sums) / count, loss
 
   def run_one(params, batches, *hyper):
     opt = optax.with_extra_args_support(make_optimizer(*hyper))
@@ -138,15 +168,15 @@ def make_trainer(
       params, state, _, stop, t = carry
       shown = eval_params(params, state)
       metric, val_loss = evaluate(shown)
-      train_loss_eval = loss_fn(shown, x_sample, y_sample)
       carry = (params, state, val_loss, stop, t)
-      return carry, (metric, val_loss, jnp.mean(values), train_loss_eval, learning_rate_of(state))
+      return carry, (metric, val_loss, jnp.mean(values), learning_rate_of(state))
 
     batches = batches[: blocks * eval_every].reshape(blocks, eval_every, -1)
     carry0 = (params, state, val_loss0, jnp.int32(-1), jnp.int32(0))
-    carry, (metric, val_loss, train_loss, train_loss_eval, lr) = jax.lax.scan(
-      block, carry0, batches
-    )
+    carry, (metric, val_loss, train_loss, lr) = jax.lax.scan(block, carry0, batches)
+    # Once, at the end: a pass over a sample as large as the validation split at every block
+    # would cost as much as the validation itself.
+    _, train_loss_eval = evaluate(eval_params(carry[0], carry[1]), sample_chunks)
     return {
       "metric": metric,
       "val_loss": val_loss,
@@ -169,6 +199,15 @@ class Setup:
   seeds: tuple[int, ...]
   params: Any  # initial params, stacked over seeds
   batches: jax.Array  # (seeds, steps) batch indices, enough for the self-tuning runs (1.5 B)
+
+  def take(self, seeds: int) -> "Setup":
+    """The same workload on its first ``seeds`` seeds."""
+    return dataclasses.replace(
+      self,
+      seeds=self.seeds[:seeds],
+      params=jax.tree.map(lambda a: a[:seeds], self.params),
+      batches=self.batches[:seeds],
+    )
 
   @property
   def blocks_budget(self) -> int:
