@@ -197,12 +197,14 @@ def test_sharded_params_give_sharded_state_and_single_device_results(name):
 )
 def test_sharded_update_reduces_without_gathering_params(name, spec):
   # (None, "model") shards the minor axis only: a reshape/ravel before a reduction would force
-  # a gather there.
+  # a gather there. The leaf is large enough for the minibatch optimizers' estimate to sample it
+  # (a small leaf is gathered into the estimate's vector of small leaves, as documented); its
+  # 1,088 rows are 4 shards of 16 x 17, so every 17th row lies on each shard.
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ("data", "model"))
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
   fun = lambda w: jnp.sum((w - 1.0) ** 2)
   opt = test_common._make(name)
-  params = jax.device_put(jnp.zeros((64, 32)), sharding)
+  params = jax.device_put(jnp.zeros((1088, 64)), sharding)
   state = opt.init(params)
 
   def step(params, state):

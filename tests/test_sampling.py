@@ -27,17 +27,21 @@ def test_a_large_leaf_is_sampled_every_pth_slice_of_its_first_long_axis(shape, a
   assert sampling.axis(shape, 17) == axis
   x = jnp.arange(np.prod(shape), dtype=jnp.float32).reshape(shape)
   expected = np.take(np.asarray(x), np.arange(0, shape[axis], 17), axis=axis)
-  np.testing.assert_array_equal(sampling.sample(x, 16), expected)
+  (sampled,) = sampling.sample(x, 16)
+  np.testing.assert_array_equal(sampled, expected)
   (weight,) = sampling.weights(x, 16)
   assert weight == pytest.approx(x.size / expected.size)
 
 
-def test_small_leaves_and_subsample_one_are_whole():
-  tree = {"w": jnp.ones((255, 256)), "b": jnp.ones(256), "s": jnp.ones(())}  # below 2**16
-  assert sampling.sample(tree, 16)["w"] is tree["w"]
-  assert sampling.weights(tree, 16) == [1.0, 1.0, 1.0]
-  large = {"w": jnp.ones((256, 256))}
-  assert sampling.sample(large, 1) is large and sampling.weights(large, 1) == [1.0]
+def test_small_leaves_are_whole_in_one_vector_and_subsample_one_is_the_tree():
+  tree = {"a": jnp.ones((255, 256)), "b": jnp.arange(3.0, dtype=jnp.bfloat16), "c": jnp.ones(())}
+  large = jnp.ones((512, 128))  # 2**16 elements: sampled
+  parts = sampling.sample({"large": large, **tree}, 16)
+  assert [p.shape for p in parts] == [(31, 128), (255 * 256 + 3 + 1,)]
+  assert parts[1].dtype == jnp.float32  # small leaves flattened, in at least float32
+  np.testing.assert_array_equal(parts[1][-4:], [0.0, 1.0, 2.0, 1.0])  # b, then c
+  assert sampling.weights({"large": large, **tree}, 16) == [pytest.approx(512 / 31), 1.0]
+  assert sampling.sample(tree, 1) is tree and sampling.weights(tree, 1) == [1.0, 1.0, 1.0]
 
 
 def test_weighted_sums_estimate_the_full_sums():
@@ -56,6 +60,6 @@ def test_a_sharded_leaf_is_sampled_without_gathering(spec):
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ("data", "model"))
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
   x = jax.device_put(jnp.arange(1088 * 64.0).reshape(1088, 64), sharding)  # 1088 = 4 * 16 * 17
-  step = lambda x: jnp.sum(sampling.sample(x, 16) ** 2)
+  step = lambda x: jnp.sum(sampling.sample(x, 16)[0] ** 2)
   hlo = jax.jit(step).lower(x).compile().as_text()
   assert "all-gather" not in hlo
