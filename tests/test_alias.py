@@ -490,3 +490,29 @@ def test_a_learning_rate_schedule_scales_the_tuned_rate():
     u_plain, s_plain = plain.update(grads, s_plain, params)
     np.testing.assert_allclose(u_scaled, schedule(k) * u_plain, rtol=1e-6)
     np.testing.assert_allclose(s_scaled.learning_rate, schedule(k + 1) * s_plain.learning_rate)
+
+
+@pytest.mark.parametrize("make", [nag_optax.auto_nag_sgd, nag_optax.auto_nadamw])
+def test_the_documented_stop_ends_a_saturated_run_soon_after_its_accuracy_stopped_improving(make):
+  # A model that classifies every validation sample right from update 750 on, its validation
+  # loss (evaluated every 50 updates, passed at every update) creeping down from 0.0037 to 0.0026
+  # over the next 4,250 updates: the documented stop (a patience of five evaluations) ends the
+  # run within 1.5x the step where the accuracy stopped improving.
+  tx = make(validation_patience=250)
+  evaluations = np.arange(0, 5000, 50)
+  losses = np.where(
+    evaluations < 750,
+    0.0037 * (2.3 / 0.0037) ** (1 - evaluations / 750),
+    0.0037 * (0.0026 / 0.0037) ** ((evaluations - 750) / 4250),
+  )
+  params = jnp.ones(4)
+  state = tx.init(params)
+  update = jax.jit(lambda s, v: tx.update(jnp.zeros(4), s, params, validation_loss=v)[1])
+  stopped_at = None
+  for step in range(5000):
+    state = update(state, jnp.asarray(losses[step // 50], jnp.float32))
+    if bool(nag_optax.should_stop(state)):
+      stopped_at = step + 1
+      break
+  assert stopped_at is not None and stopped_at <= 1.5 * 750, stopped_at
+  assert nag_optax.stop_reason(state) == nag_optax.StopReason.VALIDATION_PATIENCE

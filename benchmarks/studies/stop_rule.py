@@ -21,6 +21,7 @@ seeds.
 
 import argparse
 import functools
+import inspect
 import itertools
 import os
 import time
@@ -30,14 +31,14 @@ import numpy as np
 
 import nag_optax
 from benchmarks.studies import seed_range
-from benchmarks.studies import stop_patience
 from benchmarks.workloads import algoperf
 from benchmarks.workloads import roster
+from benchmarks.workloads import trainer
 
 LOST_LIMIT = 0.005  # the goal: the stop keeps the run's best metric within 0.5%
 STOP_LIMIT = 1.5  # and comes at most 1.5x the step of that best
 STILL_IMPROVING = 0.8  # a run whose best comes after 80% of it was still improving
-PATIENCE_FRACTIONS = (0.05, 0.1, 0.2)
+PATIENCE_FRACTIONS = (0.05, 0.1, 0.2, 0.3)
 MIN_DELTAS = (0.0, 0.002, 0.005, 0.01, 0.02, 0.05)
 RATIOS = (0.0, 0.25, 0.35, 0.5, 1.0)
 # Beside the suite's optimizers: auto_nag_sgd with an iterate average, whose validation loss is
@@ -49,22 +50,36 @@ VARIANTS = {
 }
 
 
+def curves(name: str, factory, seeds: list) -> tuple:
+  """(metric, validation loss) per seed and evaluation, B, the evaluation interval, the workload:
+  ``factory()`` at its defaults, no stop, 1.5 B steps of the suite's full mode."""
+  full = roster.SETTINGS["full"]
+  budget = full["budgets"][name]
+  wl = roster.WORKLOADS[name]()
+  setup = trainer.prepare(wl, budget, full["evals"], seeds)
+  train = trainer.make_trainer(
+    wl, lambda *_: factory(), setup.blocks_self_tuning, setup.eval_every, pass_validation_loss=True
+  )
+  out = jax.device_get(jax.jit(jax.vmap(train))(setup.params, setup.batches))
+  return np.asarray(out["metric"]), np.asarray(out["val_loss"]), budget, setup.eval_every, wl
+
+
 def record(names: list, seeds: list, path: str | None) -> dict:
   """(workload, optimizer) -> (metric, val_loss, budget, every, higher_is_better), recorded or
   loaded from ``path``."""
   if path and os.path.exists(path):
     with np.load(path, allow_pickle=True) as data:
       return data["curves"].item()
-  curves = {}
+  recorded = {}
   start = time.perf_counter()
   for name in names:
     for opt, factory in (roster.nag_factories() | VARIANTS).items():
-      metric, val_loss, budget, every, wl = stop_patience.curves(name, factory, seeds)
-      curves[name, opt] = (metric, val_loss, budget, every, wl.higher_is_better)
+      metric, val_loss, budget, every, wl = curves(name, factory, seeds)
+      recorded[name, opt] = (metric, val_loss, budget, every, wl.higher_is_better)
       print(f"{name}: {opt} ({time.perf_counter() - start:.0f} s)", flush=True)
   if path:
-    np.savez(path, curves=np.array(curves, dtype=object))
-  return curves
+    np.savez(path, curves=np.array(recorded, dtype=object))
+  return recorded
 
 
 def outcome(metric, val_loss, budget, every, higher_is_better, rule) -> tuple:
@@ -90,6 +105,17 @@ def outcome(metric, val_loss, budget, every, higher_is_better, rule) -> tuple:
   return lost, stop / best_step, True
 
 
+def default_rule() -> tuple:
+  """The rule the suite checks: its least patience, the optimizers' default minimum improvement
+  and relative patience (read from ``auto_nadamw``'s signature; ``auto_nag_sgd``'s are the same)."""
+  parameters = inspect.signature(nag_optax.auto_nadamw).parameters
+  return (
+    roster.STOP_PATIENCE_FRACTION,
+    parameters["validation_min_delta"].default,
+    parameters["validation_patience_ratio"].default,
+  )
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(
     prog="python -m benchmarks.studies.stop_rule",
@@ -104,6 +130,8 @@ def main(argv=None) -> None:
   jax.config.update("jax_enable_x64", True)  # as `python -m benchmarks` sets it
   curves = record(args.workloads.split(","), seed_range(args.seeds), args.curves)
   rules = list(itertools.product(PATIENCE_FRACTIONS, MIN_DELTAS, RATIOS))
+  if default_rule() not in rules:
+    rules.append(default_rule())
   optimizers = sorted({opt for _, opt in curves})
   print(
     f"\nSeeds {args.seeds}; goals: loss <= {LOST_LIMIT:.1%}, stop <= {STOP_LIMIT}x the best step.\n"
@@ -133,15 +161,17 @@ def main(argv=None) -> None:
           float(np.nanmedian(np.where(np.isfinite(ratio), ratio, np.nan))),
         )
       )
+    default = next(t for t in table if t[4] == default_rule())
     table.sort(key=lambda t: (-t[0], -t[1], t[5]))
     print(
       f"{opt}\n\n| P / B | min_delta | ratio | both goals | loss <= 0.5% | stop <= 1.5x | "
       "worst loss | median stop / best |"
     )
     print("|---|---|---|---|---|---|---|---|")
-    for both, safe, thrifty, n, (f, d, r), worst, median in table[: args.top]:
+    for both, safe, thrifty, n, (f, d, r), worst, median in [*table[: args.top], default]:
       print(
-        f"| {f:g} | {d:g} | {r:g} | {both} / {n} | {safe} / {n} | {thrifty} / {n} | "
+        f"| {f:g}{' (default)' if (f, d, r) == default_rule() else ''} | {d:g} | {r:g} | "
+        f"{both} / {n} | {safe} / {n} | {thrifty} / {n} | "
         f"{100 * worst:.2f}% | {median:.2f} |"
       )
     print()

@@ -227,7 +227,7 @@ def test_the_stop_check_passes_its_patience_and_options(monkeypatch):
   assert keyword == "validation_patience"
   assert seen["patience"].dtype == jnp.int32 and int(seen["patience"]) == 300
   assert seen["min_delta"] == 1e-3
-  assert roster.stop_lanes(1000, 25, 1500) == (300, 1501)
+  assert roster.stop_lanes(1000, 25, 1500) == (100, 1501)  # a tenth of B
   assert roster.stop_lanes(20, 10, 30) == (10, 31)  # at least one evaluation interval
 
 

@@ -208,6 +208,10 @@ def stop_outcome(
   )
 
 
+# stop_when's floor on the scale of validation_min_delta, a fraction of the first validation loss.
+SATURATED_FRACTION = 0.01
+
+
 def replay_validation_stop(
   validation_curve: Curve,
   eval_every: int,
@@ -223,18 +227,22 @@ def replay_validation_stop(
   As the workloads' trainer feeds it: every update passes the latest measured validation loss,
   ``initial`` (measured before training) during the first block and ``validation_curve[j]``
   (after block ``j + 1``) during block ``j + 2``. An update whose finite loss is below the best
-  by at least ``min_delta`` of it sets a new best (and the update count at it) and resets the
-  count of updates without one; the stop fires at the update whose count reaches
+  by at least ``min_delta`` of it (of 1% of the first loss, where that is larger) sets a new best
+  (and the update count at it) and resets the count of updates without one; the stop fires at
+  the update whose count reaches
   ``max(patience, patience_ratio * count at the best)`` (the trainer's recorded stop step). None:
   it would not fire within the curve.
   """
   seen = [initial] + list(np.asarray(validation_curve, float))
-  best, since, best_step = math.inf, 0, 0
+  best, since, best_step, first = math.inf, 0, 0, math.inf
   for block in range(len(seen) - 1):  # the last value arrives after the run's final update
     value = seen[block]
     for k in range(eval_every):
       update = block * eval_every + k  # updates applied before this one
-      margin = min_delta * abs(best) if math.isfinite(best) else 0.0
+      if not math.isfinite(first) and math.isfinite(value):
+        first = value
+      scale = max(abs(best), SATURATED_FRACTION * abs(first)) if math.isfinite(first) else 0.0
+      margin = min_delta * scale if math.isfinite(best) else 0.0
       if math.isfinite(value) and value < best - margin:
         best, since, best_step = value, 0, update
       else:

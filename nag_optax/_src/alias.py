@@ -284,10 +284,11 @@ AVERAGED_PLATEAU = annealing.anneal_after_progress(
 
 
 # The validation stop of the minibatch optimizers, when validation_patience is set: a new best must
-# improve on the best by this fraction of it, and the stop waits at least this fraction of the step
-# of the best.
-VALIDATION_MIN_DELTA = 0.0
-VALIDATION_PATIENCE_RATIO = 0.0
+# improve on the best by 1% of it (a loss creeping down by tiny amounts is not progress), and the
+# stop waits at least a quarter of the step of the best (so it comes about 1.25x that step in a
+# long run), whatever validation_patience is.
+VALIDATION_MIN_DELTA = 0.01
+VALIDATION_PATIENCE_RATIO = 0.25
 
 
 def _minibatch_stop(inner, **criteria) -> optax.GradientTransformationExtraArgs:

@@ -20,6 +20,11 @@ import optax
 from nag_optax._src import numerics
 from nag_optax._src import validation
 
+# validation_min_delta is relative to the best validation loss, but never to less than this
+# fraction of the first one: a loss that has fallen a hundredfold from where it started belongs to
+# a model that already fits the validation set, and its tiny relative improvements are no progress.
+SATURATED_FRACTION = 0.01
+
 # The default relative gradient tolerance of the full-batch solvers (``auto_nag`` and
 # ``minimize``): stop at ``||g|| <= DEFAULT_RTOL ||g_0||``.
 DEFAULT_RTOL = 1e-6
@@ -134,6 +139,11 @@ class StopWhenState(NamedTuple):
     return self.values[..., 5]
 
   @property
+  def first_validation(self) -> jax.Array:
+    """The first finite ``validation_loss`` (inf before it)."""
+    return self.values[..., 6]
+
+  @property
   def steps_since_improvement(self) -> jax.Array:
     """Calls since best_value last improved."""
     return self.counters[..., 0]
@@ -166,6 +176,7 @@ _VALUES = (
   "last_value",
   "best_value",
   "best_validation",
+  "first_validation",
 )
 _COUNTERS = (
   "steps_since_improvement",
@@ -216,8 +227,9 @@ def stop_when(
     ``max(validation_patience, validation_patience_ratio * t_best)`` calls, ``t_best`` the update
     count when the best was set (``VALIDATION_PATIENCE``): the early stopping of deep learning. A
     new best is a validation loss below the best by at least ``validation_min_delta`` of it,
-    ``v < v_best - min_delta |v_best|``, so that a loss creeping down by tiny amounts (a model
-    that already classifies everything right) does not keep the run going; and the patience
+    ``v < v_best - min_delta max(|v_best|, 0.01 |v_first|)`` (``v_first`` the first validation
+    loss), so that a loss creeping down by tiny amounts (a model that already classifies
+    everything right) does not keep the run going; and the patience
     grows with the run, so the stop comes at most ``1 + validation_patience_ratio`` times the
     step of the best once that term dominates. Pass the latest measured validation loss at every
     update (it may stay the same between evaluations: calls without a new best count towards
@@ -332,6 +344,7 @@ def stop_when(
       nonfinite_count=izero,
       total_nonfinite=izero,
       best_validation=inf,
+      first_validation=inf,
       steps_since_validation_improvement=izero,
       best_validation_step=izero,
     )
@@ -409,7 +422,9 @@ def stop_when(
     if validation_loss is not None:
       val = jnp.asarray(validation_loss).astype(dtype)
       best = state.best_validation
-      margin = jnp.where(jnp.isfinite(best), validation_min_delta * jnp.abs(best), 0.0)
+      first_val = jnp.where(jnp.isfinite(state.first_validation), state.first_validation, val)
+      scale = jnp.maximum(jnp.abs(best), SATURATED_FRACTION * jnp.abs(first_val))
+      margin = jnp.where(jnp.isfinite(best), validation_min_delta * scale, 0.0)
       val_improved = jnp.isfinite(val) & (val < best - margin)
       best_validation = jnp.where(val_improved, val, best)
       best_step = jnp.where(val_improved, state.count, state.best_validation_step)
@@ -426,6 +441,7 @@ def stop_when(
         )
     else:
       best_validation = state.best_validation
+      first_val = state.first_validation
       best_step = state.best_validation_step
       steps_since_val = state.steps_since_validation_improvement
     if max_steps is not None:
@@ -482,6 +498,10 @@ def stop_when(
         state.total_nonfinite + (~finite).astype(jnp.int32), state.total_nonfinite
       ),
       best_validation=keep(best_validation, state.best_validation),
+      first_validation=keep(
+        jnp.where(jnp.isfinite(first_val), first_val, state.first_validation),
+        state.first_validation,
+      ),
       steps_since_validation_improvement=keep(
         steps_since_val, state.steps_since_validation_improvement
       ),
