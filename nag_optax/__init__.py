@@ -36,7 +36,7 @@ from nag_optax._src.stopping import stop_when
 # Experiments, not at the top level; imported after the modules they build on.
 from nag_optax import contrib as contrib  # isort: skip
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = (
   # Optimizers.
