@@ -87,7 +87,8 @@ def _statistics(initial_distance, numerator, mean_square, max_mean_square, weigh
 # The initial estimate and its cap relative to the params' rms, where the user gives none.
 DEFAULT_INITIAL_LEARNING_RATE = 1e-6
 DEFAULT_MAX_RELATIVE_STEP = 0.1
-# The estimate's sums read every k-th slice of each leaf: two buffers of 1/16 the params' size.
+# The estimate's sums read about one coordinate in 16 of each large leaf (every 17th slice):
+# its two buffers hold about 1/8 of the params between them.
 DEFAULT_SUBSAMPLE = 16
 
 # What a number passed positionally would be mistaken for.
