@@ -32,8 +32,9 @@ $(VENV)/.docs-stamp: pyproject.toml | $(PY)
 test: $(VENV)/.test-stamp
 	$(XLA_CPU_DEVICES) $(PY) -m pytest -q $(PYTEST_ARGS)
 
+# pyright resolves the imports of nag_optax/, tests/ and benchmarks/, so their extras come too.
 $(VENV)/.lint-stamp: pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e ".[lint]"
+	$(PY) -m pip install -q -e ".[lint,test,bench]"
 	touch $@
 
 # The formatter check, the linter and the type checker (.pre-commit-config.yaml runs the same).
