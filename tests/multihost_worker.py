@@ -183,6 +183,8 @@ def main(args):
     **_flatten("mlp.opt_state", opt_state),
     "mlp.losses": losses,
     **_flatten("minimize", sol),
+    # A packed statistic of the state, read by its name (a property, not a leaf).
+    "minimize.initial_grad_norm": sol.state.initial_grad_norm,
   }
   # Each process holds only its shards: gather the global values to every host.
   leaves = multihost_utils.process_allgather(leaves, tiled=True)

@@ -132,6 +132,6 @@ def test_the_compared_runs_trained_and_converged(results):
   assert losses[-10:].mean() < 0.8 * losses[:10].mean(), losses
   assert run["mlp.opt_state.inner_state[0].learning_rate"] > 1e-4  # grown from 1e-6
   assert not run["mlp.should_stop"]
-  assert run["minimize.grad_norm"] < 0.05 * run["minimize.state.initial_grad_norm"]
+  assert run["minimize.grad_norm"] < 0.05 * run["minimize.initial_grad_norm"]
   assert run["minimize.steps"] == multihost_worker.MINIMIZE_STEPS
   assert str(run["minimize.stop_reason"]) == "MAX_STEPS"

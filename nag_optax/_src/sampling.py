@@ -20,9 +20,11 @@ every jitted call, XLA per kernel). A sharded small leaf is gathered into that v
 
 import math
 from typing import Any
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 # Leaves smaller than this are summed whole (2**16 float32 elements: 256 KiB).
 MIN_SAMPLED_SIZE = 2**16
@@ -50,31 +52,45 @@ def _sampled(shape: tuple, step: int) -> bool:
   return step > 1 and len(shape) > 0 and math.prod(shape) >= MIN_SAMPLED_SIZE
 
 
+class Sample(NamedTuple):
+  """The sample of a tree of leaves: what :func:`sample` returns for ``subsample > 1``."""
+
+  #: The tree's structure, each large leaf replaced by its every ``stride``-th slice and each small
+  #: one by ``optax.MaskedNode()`` (an empty node), so that ``optax.tree.map_params`` pairs the
+  #: slices with the params they sample (pass it ``is_leaf=lambda v: isinstance(v,
+  #: optax.MaskedNode)`` with extra trees such as partition specs, as for ``optax.masked``).
+  large: Any
+  #: Every small leaf flattened, in leaf order, in at least float32 (shape ``(0,)`` if none).
+  small: jax.Array
+
+
 def sample(tree: Any, subsample: int) -> Any:
-  """The sample of ``tree`` (see the module): ``tree`` itself for ``subsample = 1``; else a
-  list of each large leaf's every ``stride(subsample)``-th slice, then, if any, one vector of
-  every small leaf flattened."""
+  """The sample of ``tree`` (see the module): ``tree`` itself for ``subsample = 1``, else a
+  :class:`Sample`. Its leaves are each large leaf's slices, in leaf order, then the vector of
+  the small leaves; the structure depends on the tree's only through the tree's own structure
+  (so ``optax.tree.map_params`` can place it)."""
   step = stride(subsample)
   if step == 1:
     return tree
-  leaves = jax.tree.leaves(tree)
-  out = []
-  for x in leaves:
-    if _sampled(x.shape, step):
-      index = [slice(None)] * x.ndim
-      index[axis(x.shape, step)] = slice(None, None, step)
-      out.append(x[tuple(index)])
-  small = [x for x in leaves if not _sampled(x.shape, step)]
-  if small:
-    dtype = jnp.result_type(jnp.float32, *(x.dtype for x in small))
-    out.append(jnp.concatenate([jnp.ravel(x).astype(dtype) for x in small]))
-  return out
+
+  def large(x):
+    if not _sampled(x.shape, step):
+      return optax.MaskedNode()
+    index = [slice(None)] * x.ndim
+    index[axis(x.shape, step)] = slice(None, None, step)
+    return x[tuple(index)]
+
+  small = [x for x in jax.tree.leaves(tree) if not _sampled(x.shape, step)]
+  dtype = jnp.result_type(jnp.float32, *(x.dtype for x in small))
+  flat = [jnp.ravel(x).astype(dtype) for x in small]
+  vector = jnp.concatenate(flat) if flat else jnp.zeros((0,), dtype)
+  return Sample(large=jax.tree.map(large, tree), small=vector)
 
 
 def weights(tree: Any, subsample: int) -> list:
-  """Per part of :func:`sample` (per leaf for ``subsample = 1``), its size over its sample's:
-  the factor that turns a sum over the part into an estimate of the sum over what it samples
-  (1 for whole leaves)."""
+  """Per leaf of :func:`sample` (per leaf of ``tree`` for ``subsample = 1``), its size over its
+  sample's: the factor that turns a sum over that leaf into an estimate of the sum over what it
+  samples (1 for whole leaves and the small leaves' vector)."""
   step = stride(subsample)
   leaves = jax.tree.leaves(tree)
   if step == 1:
@@ -86,6 +102,5 @@ def weights(tree: Any, subsample: int) -> list:
       i = axis(shape, step)
       sampled = shape[:i] + (-(-shape[i] // step),) + shape[i + 1 :]
       out.append(math.prod(shape) / math.prod(sampled))
-  if any(not _sampled(tuple(x.shape), step) for x in leaves):
-    out.append(1.0)
+  out.append(1.0)  # the small leaves' vector, whole
   return out
