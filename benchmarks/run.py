@@ -65,7 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     dest="mode",
     action="store_const",
     const="full",
-    help="every problem, the workloads on 3 seeds (about an hour on 2 CPU cores); rewrites the "
+    help="every problem, the workloads on up to 5 seeds (over an hour on 2 CPU cores); rewrites the "
     "sections of benchmarks/RESULTS.md of the suites that ran",
   )
   parser.set_defaults(mode="quick")
