@@ -65,8 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     dest="mode",
     action="store_const",
     const="full",
-    help="every problem, the workloads on up to 5 seeds (over an hour on 2 CPU cores); rewrites the "
-    "sections of benchmarks/RESULTS.md of the suites that ran",
+    help="every problem, the workloads on up to 5 seeds (about 50 minutes on 2 CPU cores); "
+    "rewrites the sections of benchmarks/RESULTS.md of the suites that ran",
   )
   parser.set_defaults(mode="quick")
   parser.add_argument("--out", default="bench_out", help="output folder (default bench_out/)")

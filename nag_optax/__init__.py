@@ -17,6 +17,8 @@ from nag_optax._src.momentum import NesterovState
 from nag_optax._src.momentum import condition_number_from_restart_interval
 from nag_optax._src.momentum import momentum_from_condition_number
 from nag_optax._src.momentum import nesterov
+from nag_optax._src.packing import PackedState
+from nag_optax._src.packing import pack_state
 from nag_optax._src.solve import ProgressBar
 from nag_optax._src.solve import Solution
 from nag_optax._src.solve import minimize
@@ -48,6 +50,7 @@ __all__ = (
   "AnnealAfterProgressState",
   "AverageIteratesState",
   "NesterovState",
+  "PackedState",
   "ScaleByBacktrackingState",
   "ScaleByCurvatureState",
   "ScaleByDistanceState",
@@ -57,6 +60,7 @@ __all__ = (
   "anneal_after_progress",
   "average_iterates",
   "nesterov",
+  "pack_state",
   "scale_by_backtracking",
   "scale_by_curvature",
   "scale_by_distance",

@@ -101,10 +101,17 @@ def all_finite(tree: Any) -> jax.Array:
 
 def find_states(tree: Any, cls: type) -> list:
   """Every node of type ``cls`` in a state tree, outermost first (searched like the leaves, so
-  through tuples, named tuples, dicts and Flax NNX's state containers)."""
-  return [
-    s for s in jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, cls)) if isinstance(s, cls)
-  ]
+  through tuples, named tuples, dicts and Flax NNX's state containers, and inside a packed state,
+  a node with an ``unpacked()`` method: ``pack_state``'s)."""
+  found = []
+  for node in jax.tree.leaves(
+    tree, is_leaf=lambda x: isinstance(x, cls) or callable(getattr(x, "unpacked", None))
+  ):
+    if isinstance(node, cls):
+      found.append(node)
+    elif callable(getattr(node, "unpacked", None)):
+      found.extend(find_states(node.unpacked(), cls))
+  return found
 
 
 def is_box(x: Any) -> bool:

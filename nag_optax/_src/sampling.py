@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from nag_optax._src import numerics
+
 # Leaves smaller than this are summed whole (2**16 float32 elements: 256 KiB).
 MIN_SAMPLED_SIZE = 2**16
 
@@ -74,17 +76,19 @@ def sample(tree: Any, subsample: int) -> Any:
     return tree
 
   def large(x):
+    x = numerics.unbox(x)
     if not _sampled(x.shape, step):
       return optax.MaskedNode()
     index = [slice(None)] * x.ndim
     index[axis(x.shape, step)] = slice(None, None, step)
     return x[tuple(index)]
 
-  small = [x for x in jax.tree.leaves(tree) if not _sampled(x.shape, step)]
+  leaves = [numerics.unbox(x) for x in jax.tree.leaves(tree, is_leaf=numerics.is_box)]
+  small = [x for x in leaves if not _sampled(x.shape, step)]
   dtype = jnp.result_type(jnp.float32, *(x.dtype for x in small))
   flat = [jnp.ravel(x).astype(dtype) for x in small]
   vector = jnp.concatenate(flat) if flat else jnp.zeros((0,), dtype)
-  return Sample(large=jax.tree.map(large, tree), small=vector)
+  return Sample(large=jax.tree.map(large, tree, is_leaf=numerics.is_box), small=vector)
 
 
 def weights(tree: Any, subsample: int) -> list:
