@@ -132,3 +132,29 @@ def test_an_inner_state_that_changes_its_layout_is_refused():
   tx = nag_optax.pack_state(optax.GradientTransformation(init, update))
   with pytest.raises(ValueError, match="keeps the layout of init"):
     tx.update(PARAMS, tx.init(PARAMS), PARAMS)
+
+
+def test_optax_wrappers_and_an_orbax_checkpoint_carry_a_packed_state(tmp_path):
+  ocp = pytest.importorskip("orbax.checkpoint")
+  tx = optax.MultiSteps(nag_optax.pack_state(nag_optax.auto_nadamw()), every_k_schedule=2)
+
+  @jax.jit
+  def step(params, state):
+    value, grads = jax.value_and_grad(_loss)(params, jnp.ones((16, 4)))
+    updates, state = tx.update(grads, state, params, value=value)
+    return optax.apply_updates(params, updates), state
+
+  params, state = PARAMS, tx.init(PARAMS)
+  for _ in range(6):
+    params, state = step(params, state)
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(tmp_path / "ckpt", {"params": params, "opt_state": state})
+  checkpointer.wait_until_finished()
+  restored = checkpointer.restore(
+    tmp_path / "ckpt", {"params": PARAMS, "opt_state": tx.init(PARAMS)}
+  )
+  uninterrupted, resumed = (params, state), (restored["params"], restored["opt_state"])
+  for _ in range(4):
+    uninterrupted, resumed = step(*uninterrupted), step(*resumed)
+  jax.tree.map(np.testing.assert_array_equal, resumed, uninterrupted)
+  assert int(nag_optax.averaged_params(resumed[1], resumed[0])["w"].size) == 8
