@@ -317,12 +317,15 @@ def test_a_stop_reason_prints_its_name():
 def _validation_stops(tx, losses):
   """Whether the signal has fired after each update fed ``losses`` as ``validation_loss``."""
   params = jnp.ones(2)
-  state = tx.init(params)
-  stops = []
-  for val in losses:
-    _, state = tx.update(jnp.ones(2), state, params, validation_loss=jnp.asarray(val))
-    stops.append(bool(nag_optax.should_stop(state)))
-  return np.array(stops), state
+
+  def step(state, val):
+    _, state = tx.update(jnp.ones(2), state, params, validation_loss=val)
+    return state, nag_optax.should_stop(state)
+
+  state, stops = jax.jit(lambda s, v: jax.lax.scan(step, s, v))(
+    tx.init(params), jnp.asarray(losses, jnp.float32)
+  )
+  return np.asarray(stops), state
 
 
 def test_a_new_best_must_improve_by_the_minimum_relative_delta():
