@@ -20,7 +20,7 @@ per seed and their median against the target setter's.
   layers instead of 2, on bytes 2,000,000-3,000,000 of the standard-library corpus (the suite
   trains on the first 1,000,000), batch 8.
 
-About 40 minutes on 2 cores (``--quick``: a tenth of the budgets, 1 seed, a short grid; a smoke
+About 30 minutes on 2 cores (``--quick``: a tenth of the budgets, 1 seed, a short grid; a smoke
 test of the script, not evidence). ``docs/design_decisions.md`` cites its table.
 """
 
