@@ -9,8 +9,8 @@ on the digits, batch 64: their 512 x 512 matrix, 262,144 elements, is above
 would have made on exactly that trajectory. Per run it prints the ratio of the shadow's estimate
 to the full one over the run (median and range after the first 5% of the steps) and at the end;
 then it trains the default (subsampled) optimizer itself and prints both runs' final validation
-accuracy, evaluated at the iterate average where the optimizer keeps one. About 10 minutes on 2
-cores (``--quick``: 600 steps, one seed; a smoke test, not evidence).
+accuracy, evaluated at the iterate average where the optimizer keeps one. 35 minutes on 2 cores
+shared with another run (``--quick``: 600 steps, one seed; a smoke test, not evidence).
 """
 
 import argparse
