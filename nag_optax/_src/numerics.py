@@ -103,13 +103,12 @@ def find_states(tree: Any, cls: type) -> list:
   """Every node of type ``cls`` in a state tree, outermost first (searched like the leaves, so
   through tuples, named tuples, dicts and Flax NNX's state containers, and inside a packed state,
   a node with an ``unpacked()`` method: ``pack_state``'s)."""
+  packed = lambda x: callable(getattr(x, "unpacked", None))
   found = []
-  for node in jax.tree.leaves(
-    tree, is_leaf=lambda x: isinstance(x, cls) or callable(getattr(x, "unpacked", None))
-  ):
+  for node in jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, cls) or packed(x)):
     if isinstance(node, cls):
       found.append(node)
-    elif callable(getattr(node, "unpacked", None)):
+    elif packed(node):
       found.extend(find_states(node.unpacked(), cls))
   return found
 
