@@ -158,3 +158,13 @@ def test_optax_wrappers_and_an_orbax_checkpoint_carry_a_packed_state(tmp_path):
     uninterrupted, resumed = step(*uninterrupted), step(*resumed)
   jax.tree.map(np.testing.assert_array_equal, resumed, uninterrupted)
   assert int(nag_optax.averaged_params(resumed[1], resumed[0])["w"].size) == 8
+
+
+def test_flax_serialization_writes_and_restores_a_packed_state():
+  serialization = pytest.importorskip("flax.serialization")
+  tx = nag_optax.pack_state(nag_optax.auto_nadamw())
+  params, state, _ = _run(tx, steps=5)
+  blob = serialization.to_bytes((params, state))
+  restored = serialization.from_bytes((PARAMS, tx.init(PARAMS)), blob)
+  assert isinstance(restored[1], nag_optax.PackedState) and restored[1].layout == state.layout
+  jax.tree.map(np.testing.assert_array_equal, restored, (params, state))

@@ -7,6 +7,7 @@ chain of composable transformations keeps a count and a few statistics in each l
 has 5. Packed, it has one per dtype.
 """
 
+import importlib.util
 import math
 from typing import Any
 from typing import NamedTuple
@@ -62,6 +63,29 @@ class PackedState:
     return f"PackedState(buffers={self.buffers!r})"
 
 
+def _register_with_flax_serialization() -> None:
+  """Lets ``flax.serialization`` (``to_bytes`` / ``from_bytes``, msgpack checkpoints) write and
+  restore a :class:`PackedState`: its buffers by index, the layout from the restore target.
+  Done when :func:`pack_state` is called, where Flax is installed: not at import, so that
+  importing nag_optax does not import Flax."""
+  if importlib.util.find_spec("flax") is None:
+    return
+  from flax import serialization
+
+  def to_state_dict(state):
+    return {str(i): serialization.to_state_dict(b) for i, b in enumerate(state.buffers)}
+
+  def from_state_dict(target, state_dict):
+    buffers = tuple(
+      serialization.from_state_dict(b, state_dict[str(i)]) for i, b in enumerate(target.buffers)
+    )
+    return PackedState(buffers, target.layout)
+
+  serialization.register_serialization_state(
+    PackedState, to_state_dict, from_state_dict, override=True
+  )
+
+
 def _pack(state: Any) -> Any:  # a PackedState; Any, as optax types a state
   # Framework boxes (Flax NNX variables around params-shaped parts) are unwrapped, so that the
   # layout holds arrays' structure only, as the gradients the updates see have it.
@@ -100,8 +124,9 @@ def pack_state(inner: optax.GradientTransformation) -> optax.GradientTransformat
   :func:`~nag_optax.should_stop`, :func:`~nag_optax.stop_reason` and
   :func:`~nag_optax.averaged_params` find their states inside the packed one; anything else reads
   the inner state from :meth:`PackedState.unpacked` (e.g. ``optax.tree.get(state.unpacked(),
-  "learning_rate")``). The layout is fixed by ``init``: the inner state must keep its structure,
-  shapes and dtypes across updates, as every Optax state does.
+  "learning_rate")``). Checkpoints: Orbax, and ``flax.serialization``'s ``to_bytes`` /
+  ``from_bytes`` with a restore target from ``init``. The layout is fixed by ``init``: the inner
+  state must keep its structure, shapes and dtypes across updates, as every Optax state does.
 
   Args:
     inner: the transformation whose state is packed (extra arguments such as ``value`` are
@@ -119,6 +144,7 @@ def pack_state(inner: optax.GradientTransformation) -> optax.GradientTransformat
   """
   validation.check_transformation("inner", inner, example="nag_optax.auto_nadamw()")
   inner = optax.with_extra_args_support(inner)
+  _register_with_flax_serialization()
 
   def init_fn(params):
     return _pack(inner.init(params))
